@@ -1,0 +1,146 @@
+"""Training callbacks: encoder fine-tuning schedule, sample captions/attention, run config."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+from lightning.pytorch.loggers import WandbLogger
+import numpy as np
+import torch
+
+from imgcap.checkpoint import CHECKPOINT_KEY, run_config_entry
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+class EncoderFineTuning(L.Callback):
+    """Unfreeze the encoder (``fine_tune``: "all" or the last k stages) from a given epoch on.
+
+    The optimizer holds an encoder parameter group from the start; while the encoder is frozen
+    its parameters get no gradient and the optimizer skips them. Because the switch depends only
+    on the epoch number, a run resumed after the switch lands in the same state.
+    """
+
+    def __init__(self, unfreeze_at_epoch: int | None = None, fine_tune: str | int = "all") -> None:
+        self.unfreeze_at_epoch = unfreeze_at_epoch
+        self.fine_tune = fine_tune
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.unfreeze_at_epoch is not None and stage == "fit":
+            pl_module.optimize_frozen_encoder = True
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.unfreeze_at_epoch is None or trainer.current_epoch < self.unfreeze_at_epoch:
+            return
+        if pl_module.encoder.is_frozen:
+            pl_module.encoder.set_fine_tune(self.fine_tune)
+            pl_module.encoder.train()
+            log.info("epoch %d: encoder fine-tuning on (%s)", trainer.current_epoch, self.fine_tune)
+
+
+class RunConfigInCheckpoint(L.Callback):
+    """Store the resolved run config in every checkpoint, so a checkpoint alone suffices."""
+
+    def __init__(self, run_config: dict[str, Any]) -> None:
+        self.run_config = run_config
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[CHECKPOINT_KEY] = run_config_entry(self.run_config)
+
+
+def to_display_image(image: torch.Tensor) -> np.ndarray:
+    """Undo the ImageNet normalisation: (3, H, W) float -> (H, W, 3) uint8."""
+    pixels = image.detach().cpu().float() * IMAGENET_STD + IMAGENET_MEAN
+    return (pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+class CaptionSampleLogger(L.Callback):
+    """After each validation, show a few images with predicted and reference captions.
+
+    W&B gets a ``val/samples`` table and ``val/attention`` overlays; every run also writes
+    ``samples/epoch_XXX.json`` (and the overlay PNGs) into the run directory.
+    """
+
+    def __init__(self, num_samples: int = 8, num_attention: int = 2) -> None:
+        self.num_samples = num_samples
+        self.num_attention = num_attention
+        self._samples: list[dict[str, Any]] = []
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._samples = []
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: dict[str, Any],
+        batch: dict[str, Any],
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        missing = self.num_samples - len(self._samples)
+        if missing <= 0 or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        images = batch.get("images")  # absent when training on cached features
+        for i in range(min(missing, len(outputs["hypotheses"]))):
+            self._samples.append(
+                {
+                    "image_id": batch["image_ids"][i],
+                    "image": to_display_image(images[i]) if images is not None else None,
+                    "prediction": outputs["hypotheses"][i],
+                    "references": list(batch["references"][i]),
+                    "alphas": outputs["alphas"][i].detach().cpu(),
+                }
+            )
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._samples or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        from imgcap.visualize import attention_overlay
+
+        epoch = trainer.current_epoch
+        out_dir = Path(trainer.default_root_dir) / "samples"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        text = [{k: s[k] for k in ("image_id", "prediction", "references")} for s in self._samples]
+        (out_dir / f"epoch_{epoch:03d}.json").write_text(json.dumps(text, indent=1))
+
+        overlays = []
+        for sample in self._samples[: self.num_attention]:
+            if sample["image"] is None or not sample["prediction"]:
+                continue
+            png = out_dir / f"epoch_{epoch:03d}_{Path(sample['image_id']).stem}.png"
+            attention_overlay(sample["image"], sample["prediction"].split(), sample["alphas"], path=png)
+            overlays.append((sample, png))
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                self._log_wandb(logger, overlays)
+
+    def _log_wandb(self, logger: WandbLogger, overlays: list) -> None:
+        import wandb
+
+        rows = [
+            [
+                s["image_id"],
+                wandb.Image(s["image"]) if s["image"] is not None else None,
+                s["prediction"],
+                "\n".join(s["references"]),
+            ]
+            for s in self._samples
+        ]
+        logger.log_table("val/samples", columns=["image", "picture", "prediction", "references"], data=rows)
+        if overlays:
+            logger.log_image(
+                "val/attention",
+                images=[str(png) for _, png in overlays],
+                caption=[s["prediction"] for s, _ in overlays],
+            )

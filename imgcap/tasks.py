@@ -1,0 +1,280 @@
+"""What the entry scripts run: ``train(cfg)``, ``evaluate(cfg)`` and ``caption(cfg)``.
+
+Each takes a composed Hydra config (so tests call them in-process with ``compose``), writes its
+results into ``cfg.paths.output_dir`` and returns them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+from lightning.pytorch.loggers import Logger, WandbLogger
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from imgcap.callbacks import RunConfigInCheckpoint
+from imgcap.checkpoint import load_captioner
+from imgcap.errors import ConfigError, ImgcapError
+from imgcap.metrics import compute_caption_metrics
+
+log = logging.getLogger(__name__)
+
+METRIC_ORDER = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+
+
+# ---------------------------------------------------------------------------------- helpers
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON through a temp file + rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def format_scores(scores: dict[str, float], title: str) -> str:
+    """A small aligned table of metric values for the terminal."""
+    names = [n for n in METRIC_ORDER if n in scores] + sorted(set(scores) - set(METRIC_ORDER))
+    width = max(len(n) for n in names) if names else 0
+    lines = [title] + [f"  {n:<{width}}  {scores[n]:.4f}" for n in names]
+    return "\n".join(lines)
+
+
+def configure_wandb_environment() -> None:
+    """Never prompt for a login: without credentials, W&B logs offline (sync later)."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return
+    netrc = Path.home() / ".netrc"
+    if not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")):
+        os.environ["WANDB_MODE"] = "offline"
+        log.info("no W&B credentials found: logging offline (upload later with `wandb sync`)")
+
+
+def sweep_group() -> str | None:
+    """The multirun's directory name, used to group one sweep's W&B runs together."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # not running under @hydra.main (e.g. tests calling train directly)
+        return None
+    if str(hydra_cfg.mode) != "RunMode.MULTIRUN":
+        return None
+    return Path(hydra_cfg.sweep.dir).name
+
+
+def build_loggers(cfg: DictConfig) -> list[Logger]:
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        logger_cfg = OmegaConf.to_container(logger_cfg, resolve=True)
+        if "WandbLogger" in logger_cfg.get("_target_", ""):
+            configure_wandb_environment()
+            watch = logger_cfg.pop("watch", None), logger_cfg.pop("watch_log_freq", 100)
+            logger_cfg["group"] = logger_cfg.get("group") or sweep_group()
+            logger = instantiate(logger_cfg)
+            logger._imgcap_watch = watch
+        else:
+            logger = instantiate(logger_cfg)
+        loggers.append(logger)
+        log.info("logger %s: %s", name, type(logger).__name__)
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+
+
+def build_data_and_model(cfg: DictConfig):
+    """Prepare the data (validating it and building the vocabulary), then size the model to it."""
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = instantiate(cfg.model, vocab=datamodule.vocab.itos)
+    if cfg.data.get("cache_features"):
+        schedule = (cfg.get("callbacks") or {}).get("encoder_fine_tuning") or {}
+        if not model.encoder.is_frozen or schedule.get("unfreeze_at_epoch") is not None:
+            raise ConfigError(
+                "data.cache_features=true needs a frozen encoder (model.encoder.fine_tune=frozen "
+                "and callbacks.encoder_fine_tuning.unfreeze_at_epoch=null); or set data.cache_features=false"
+            )
+        key = {**model.encoder.config, "image_size": cfg.data.image_size}
+        datamodule.attach_feature_encoder(model.encoder, key)
+        datamodule.setup("fit")
+    return datamodule, model
+
+
+# ---------------------------------------------------------------------------------- train
+def train(cfg: DictConfig) -> float | None:
+    """Fit, then test the best checkpoint; write ``metrics.json``; return ``optimized_metric``."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule, model = build_data_and_model(cfg)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = build_callbacks(cfg) + [RunConfigInCheckpoint(run_config)]
+    loggers = build_loggers(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(run_config)
+        watch, freq = getattr(logger, "_imgcap_watch", (None, 100))
+        if watch:
+            logger.watch(model, log=watch, log_freq=freq)
+
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = dict(model.best_val_scores)
+        best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if cfg.get("test"):
+            # Without a checkpoint (fast_dev_run) the final weights are tested.
+            results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None)
+            metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+        metrics["best_checkpoint"] = best_path or None
+        metrics["epochs"] = trainer.current_epoch
+        write_json(output_dir / "metrics.json", metrics)
+    finally:
+        finish_wandb(loggers)
+
+    test_scores = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("test/")}
+    if test_scores:
+        print(format_scores(test_scores, f"test scores ({output_dir / 'metrics.json'}):"))
+    objective = cfg.get("optimized_metric")
+    return metrics.get(objective) if objective else None
+
+
+def finish_wandb(loggers: list) -> None:
+    """Close the W&B run so that the next job of a sweep starts a run of its own."""
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+# ---------------------------------------------------------------------------------- evaluate
+def _device(accelerator: str) -> torch.device:
+    if accelerator in ("auto", "gpu", "cuda"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(accelerator)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score a checkpoint on a split with one or more beam sizes, in one pass over the encoder.
+
+    Writes ``metrics.json`` (``<split>/<metric>`` for the first beam size, plus every beam size
+    under ``by_beam_size``) and ``predictions.json`` (image, hypothesis, references).
+    """
+    from tqdm.auto import tqdm
+
+    output_dir = Path(cfg.paths.output_dir)
+    device = _device(cfg.accelerator)
+    model, run_config = load_captioner(cfg.ckpt, map_location=device)
+
+    beams = cfg.beam_size if cfg.beam_size is not None else model.hparams.beam_size
+    beams = [int(b) for b in (beams if OmegaConf.is_list(beams) or isinstance(beams, list) else [beams])]
+    split = cfg.split
+    if split not in ("val", "test"):
+        raise ConfigError(f"split={split!r} is not one of val, test")
+
+    data_cfg = OmegaConf.merge(run_config["data"], cfg.get("data") or {})
+    data_cfg.cache_features = False  # one pass: the encoder runs on the images directly
+    data_cfg.num_workers = cfg.num_workers
+    data_cfg.persistent_workers = False
+    if cfg.batch_size:
+        data_cfg.eval_batch_size = cfg.batch_size
+    datamodule = instantiate(data_cfg)
+    datamodule.vocab = model.vocab
+    datamodule.prepare_data()
+    datamodule.setup("test" if split == "test" else "validate")
+    loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+
+    hypotheses: dict[int, list[str]] = {k: [] for k in beams}
+    references: list[list[str]] = []
+    image_ids: list[str] = []
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=f"evaluate {split}", unit="batch"):
+            features = model.encode({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+            for k in beams:
+                captions, _ = model.caption_features(features, beam_size=k, max_len=cfg.max_len)
+                hypotheses[k].extend(captions)
+            references.extend(batch["references"])
+            image_ids.extend(batch["image_ids"])
+
+    by_beam = {
+        str(k): compute_caption_metrics(hypotheses[k], references, meteor=cfg.meteor) for k in beams
+    }
+    first = str(beams[0])
+    metrics: dict[str, Any] = {f"{split}/{n}": v for n, v in by_beam[first].items()}
+    metrics.update({"beam_size": beams[0], "by_beam_size": by_beam, "ckpt": str(cfg.ckpt)})
+    predictions = [
+        {
+            "image": image_id,
+            "hypothesis": hypotheses[beams[0]][i],
+            "references": references[i],
+            **({"hypotheses_by_beam_size": {str(k): hypotheses[k][i] for k in beams}} if len(beams) > 1 else {}),
+        }
+        for i, image_id in enumerate(image_ids)
+    ]
+    write_json(output_dir / "metrics.json", metrics)
+    write_json(output_dir / "predictions.json", predictions)
+    for k in beams:
+        print(format_scores(by_beam[str(k)], f"{split} scores, beam size {k} ({len(image_ids)} images):"))
+    print(f"wrote {output_dir / 'metrics.json'} and {output_dir / 'predictions.json'}")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------- caption
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def collect_images(images: Any) -> list[Path]:
+    """A list of paths, or one folder (its images, sorted), or one file."""
+    items = list(images) if isinstance(images, list | tuple) or OmegaConf.is_list(images) else [images]
+    paths: list[Path] = []
+    for item in items:
+        path = Path(str(item)).expanduser()
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise ImgcapError(f"image not found: {path} (images= takes files or a folder)")
+    if not paths:
+        raise ImgcapError(f"no images found in {items} (supported: {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return paths
+
+
+def caption(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Caption the user's own photos; optionally write attention overlays as PNGs."""
+    from imgcap.data.transforms import eval_transform, load_image
+    from imgcap.visualize import attention_overlay
+
+    output_dir = Path(cfg.paths.output_dir)
+    device = _device(cfg.accelerator)
+    model, run_config = load_captioner(cfg.ckpt, map_location=device)
+    image_size = int(run_config["data"]["image_size"])
+    transform = eval_transform(image_size)
+
+    results = []
+    for path in collect_images(cfg.images):
+        image = load_image(path)
+        pixels = transform(image).unsqueeze(0).to(device)  # (1, 3, S, S)
+        with torch.inference_mode():
+            captions, decoded = model.caption_features(
+                model.encoder(pixels), beam_size=cfg.beam_size, max_len=cfg.max_len
+            )
+        text = captions[0]
+        record: dict[str, Any] = {"image": str(path), "caption": text}
+        if cfg.attention and text:
+            png = output_dir / "attention" / f"{path.stem}.png"
+            shown = image.resize((image_size, image_size))
+            attention_overlay(shown, text.split(), decoded.alphas[0].cpu(), path=png)
+            record["attention_png"] = str(png)
+        print(f"{path}: {text}")
+        results.append(record)
+    write_json(output_dir / "captions.json", results)
+    return results
