@@ -1,0 +1,280 @@
+"""The LightningDataModule: validation, vocabulary, datasets and loaders for Flickr8k-style data.
+
+Hook order and what each one does:
+
+* ``prepare_data`` (once per machine): generate the synthetic set when asked, then the checks
+  below, writing the vocabulary file.
+* ``setup(stage)`` (every process): the same checks (cached in-process), load/build the vocabulary,
+  build the datasets for the stage (and the feature cache / preloaded pixels when enabled).
+
+All user mistakes surface here as one-line :class:`~imgcap.errors.DataError`, before any
+DataLoader worker starts. Nothing is written until every check has passed, and every write is
+atomic, so a failed run never damages an earlier vocabulary or cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from imgcap.data.annotations import Annotations, load_annotations
+from imgcap.data.datasets import (
+    CachedFeatures,
+    CaptionEvalDataset,
+    CaptionTrainDataset,
+    ImageFiles,
+    ImageListDataset,
+    PreloadedImages,
+    collate_eval,
+    collate_train,
+)
+from imgcap.data.feature_cache import build_feature_cache
+from imgcap.data.shapes import META_FILE, generate_shapes, is_complete_shapes_dataset
+from imgcap.data.transforms import check_image_file, eval_transform, train_transform
+from imgcap.data.vocab import Vocabulary
+from imgcap.errors import ConfigError, DataError
+
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",), None: ("train", "val", "test")}
+
+
+class Flickr8kDataModule(L.LightningDataModule):
+    """Flickr8k (any of the three layouts) or the generated shapes set.
+
+    Args mirror the ``data.*`` config keys; see the module docstring of
+    :mod:`imgcap.data.datasets` for the batch format.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/flickr8k",
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        image_size: int = 224,
+        augment: bool = False,
+        min_word_freq: int = 5,
+        captions_per_image: str | int = "all",
+        max_caption_len: int | None = None,
+        preload: bool = False,
+        bad_images: str = "error",
+        split_seed: int = 0,
+        cache_dir: str | None = None,
+        cache_features: bool = False,
+        limit_train_images: int | None = None,
+        synthetic: dict[str, Any] | None = None,
+        quiet: bool = False,
+    ):
+        super().__init__()
+        if str(captions_per_image) not in ("all", "1"):
+            raise ConfigError(f"data.captions_per_image must be 'all' or 1, got {captions_per_image!r}")
+        if bad_images not in ("error", "skip"):
+            raise ConfigError(f"data.bad_images must be 'error' or 'skip', got {bad_images!r}")
+        if max_caption_len is not None and max_caption_len < 3:
+            raise ConfigError(f"data.max_caption_len must be >= 3 (<start>, a word, <end>), got {max_caption_len}")
+        if batch_size < 1 or image_size < 8:
+            raise ConfigError(f"data.batch_size must be >= 1 and data.image_size >= 8, got {batch_size}, {image_size}")
+        self.root = Path(root).expanduser()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.image_size = image_size
+        self.augment = augment
+        self.min_word_freq = min_word_freq
+        self.captions_per_image = str(captions_per_image)
+        self.max_caption_len = max_caption_len
+        self.preload = preload
+        self.bad_images = bad_images
+        self.split_seed = split_seed
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.root / ".imgcap_cache"
+        self.cache_features = cache_features
+        self.limit_train_images = limit_train_images
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.quiet = quiet
+
+        self.annotations: Annotations | None = None
+        self._vocab: Vocabulary | None = None
+        self._encoder: torch.nn.Module | None = None
+        self._encoder_key: dict | None = None
+        self.datasets: dict[str, Dataset] = {}
+
+    # ------------------------------------------------------------------ public state
+
+    @property
+    def vocab(self) -> Vocabulary | None:
+        """The vocabulary: built from the training split in setup, or set from a checkpoint."""
+        return self._vocab
+
+    @vocab.setter
+    def vocab(self, vocab: Vocabulary) -> None:
+        # A given vocabulary (e.g. from a checkpoint) wins: ids must match the trained model.
+        self._vocab = vocab
+        self.datasets.clear()
+
+    def attach_feature_encoder(self, encoder: torch.nn.Module, encoder_key: dict) -> None:
+        """Use ``encoder`` ((B, 3, S, S) -> (B, P, C), frozen) to fill the feature cache in setup.
+
+        ``encoder_key`` must describe everything its output depends on (architecture, weights,
+        grid size...): it is part of the cache key.
+        """
+        self._encoder = encoder
+        self._encoder_key = dict(encoder_key)
+        self.datasets.clear()
+
+    # ------------------------------------------------------------------ hooks
+
+    def prepare_data(self) -> None:
+        if self.synthetic is not None:
+            self._ensure_synthetic()
+        self._load_annotations()
+        self._load_vocab()
+
+    def setup(self, stage: str | None = None) -> None:
+        self._load_annotations()
+        self._load_vocab()
+        for split in _STAGE_SPLITS.get(stage, _STAGE_SPLITS[None]):
+            if split not in self.datasets:
+                self.datasets[split] = self._make_dataset(split)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size)
+
+    # ------------------------------------------------------------------ internals
+
+    def _ensure_synthetic(self) -> None:
+        params = self.synthetic or {}
+        if is_complete_shapes_dataset(self.root, **params):
+            return
+        has_other_data = self.root.is_dir() and any(self.root.iterdir()) and not (self.root / META_FILE).is_file()
+        if has_other_data:
+            return  # a real dataset lives here: use it, never overwrite it
+        if not self.quiet:
+            print(f"Generating the shapes dataset into {self.root} ...")
+        generate_shapes(self.root, overwrite=True, **params)
+
+    def _load_annotations(self) -> Annotations:
+        if self.annotations is not None:
+            return self.annotations
+        if self.synthetic is not None and not self.root.exists():
+            self._ensure_synthetic()  # setup() without prepare_data() (e.g. a quick script)
+        ann = load_annotations(self.root, self.split_seed)
+        self._check_images(ann)
+        if self.limit_train_images is not None:
+            ann.splits["train"] = ann.splits["train"][: self.limit_train_images]
+        self.annotations = ann
+        return ann
+
+    def _check_images(self, ann: Annotations) -> None:
+        """Cheap integrity check of every image in a split (header/EOI, no decoding)."""
+        from tqdm.auto import tqdm
+
+        names = sorted({n for ids in ann.splits.values() for n in ids})
+        quiet = self.quiet or len(names) < 1000
+        bad: dict[str, str] = {}
+        for name in tqdm(names, desc="checking images", unit="img", disable=quiet, dynamic_ncols=True):
+            reason = check_image_file(ann.image_dir / name)
+            if reason is not None:
+                if self.bad_images == "error":
+                    raise DataError(
+                        f"{ann.image_dir / name}: {reason}; re-download the image or set data.bad_images=skip"
+                    )
+                bad[name] = reason
+        if bad:
+            warnings.warn(
+                f"skipping {len(bad)} unreadable image(s) in {ann.image_dir}: {', '.join(sorted(bad))}",
+                UserWarning,
+                stacklevel=2,
+            )
+            ann.skipped.extend(sorted(bad))
+            ann.splits = {s: [n for n in ids if n not in bad] for s, ids in ann.splits.items()}
+            for name in bad:
+                ann.captions.pop(name, None)
+
+    def vocab_path(self) -> Path:
+        """``<cache_dir>/vocab-<hash>.json``; the hash covers the training captions and min_word_freq."""
+        ann = self._load_annotations()
+        train = ann.splits["train"]
+        payload = json.dumps({"train": [[n, ann.captions[n]] for n in train], "min_word_freq": self.min_word_freq})
+        return self.cache_dir / f"vocab-{hashlib.sha256(payload.encode()).hexdigest()[:16]}.json"
+
+    def _load_vocab(self) -> Vocabulary:
+        if self._vocab is not None:
+            return self._vocab
+        ann = self._load_annotations()
+        path = self.vocab_path()
+        if path.is_file():
+            try:
+                self._vocab = Vocabulary.load(path)
+                return self._vocab
+            except (OSError, ValueError, KeyError):
+                pass  # unreadable: rebuild and replace it
+        vocab = Vocabulary.build((c for n in ann.splits["train"] for c in ann.captions[n]), self.min_word_freq)
+        try:
+            vocab.save(path)
+        except OSError as e:
+            warnings.warn(f"cannot write the vocabulary to {path} ({e}); set data.cache_dir to a writable folder", stacklevel=2)
+        self._vocab = vocab
+        return vocab
+
+    def _make_dataset(self, split: str) -> Dataset:
+        ann = self._load_annotations()
+        ids = ann.splits[split]
+        if not ids:
+            raise DataError(f"{self.root}: the {split} split is empty; check the split lists or the data")
+        train = split == "train"
+        if self.cache_features:
+            if self._encoder is None or self._encoder_key is None:
+                raise ConfigError(
+                    "data.cache_features=true needs the frozen encoder: call dm.attach_feature_encoder(...) before setup"
+                )
+            if train and self.augment:
+                warnings.warn("data.augment is ignored with data.cache_features=true (features are precomputed)", stacklevel=2)
+            store = build_feature_cache(
+                self.cache_dir, ids, ImageListDataset(ids, ImageFiles(ann.image_dir, eval_transform(self.image_size))),
+                self._encoder, self._encoder_key, self.image_size, batch_size=self.eval_batch_size,
+                num_workers=self.num_workers, quiet=self.quiet, desc=f"feature cache ({split})",
+            )
+            source = CachedFeatures(store)
+        elif self.preload:
+            source = PreloadedImages(ann.image_dir, ids, self.image_size, augment=train and self.augment,
+                                     quiet=self.quiet, desc=f"preload ({split})")
+        else:
+            tf = train_transform(self.image_size, self.augment) if train else eval_transform(self.image_size)
+            source = ImageFiles(ann.image_dir, tf)
+        if train:
+            return CaptionTrainDataset(ids, ann.captions, self._load_vocab(), source,
+                                       self.captions_per_image, self.max_caption_len)
+        return CaptionEvalDataset(ids, ann.captions, source)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            collate_fn=collate_train if split == "train" else collate_eval,
+        )
