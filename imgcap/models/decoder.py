@@ -1,0 +1,248 @@
+"""LSTM caption decoder with soft attention (Show, Attend and Tell).
+
+Token conventions (see ``imgcap.data.vocab``): ``<pad>=0 <start>=1 <end>=2 <unk>=3``; a caption
+tensor reads ``[<start>, w1, ..., wn, <end>, <pad>, ...]``.
+
+One decoding step, from previous word y_{t-1} and state (h, c):
+
+    context, alpha = attention(W_e e, e, h)                     # (N, C), (N, P)
+    z = sigmoid(f_beta(h)) * context                            # gated context (N, C)
+    h', c' = LSTMCell([embed(y_{t-1}); z], (h, c))
+    logits = out(dropout(h'))                                   # plain output
+    logits = out(dropout(embed(y_{t-1}) + L_h h' + L_z z))      # deep output (deep_output=True)
+
+``step`` is that function and everything calls it: training (``forward``), greedy decoding and
+beam search. The teacher-forced fast path in ``forward`` runs the same two halves of ``step``
+(``advance`` then ``output_logits``), only batching the output layer over all steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from imgcap.data.vocab import PAD_ID
+from imgcap.models.attention import AdditiveAttention
+
+
+@dataclass
+class DecoderState:
+    """Recurrent state for N sequences.
+
+    h, c: (N, D) LSTM state.  features: (N, P, C) encoder output.
+    projected: (N, P, A) = W_e features, cached once per image; ``None`` means the decoder
+    recomputes it every step (only the speed benchmark does that).
+    """
+
+    h: torch.Tensor
+    c: torch.Tensor
+    features: torch.Tensor
+    projected: torch.Tensor | None
+
+    def index_select(self, index: torch.Tensor) -> DecoderState:
+        """Rows ``index`` (N',) of every field, e.g. to expand each image into k beams."""
+        return DecoderState(
+            self.h.index_select(0, index),
+            self.c.index_select(0, index),
+            self.features.index_select(0, index),
+            None if self.projected is None else self.projected.index_select(0, index),
+        )
+
+    def prefix(self, n: int) -> DecoderState:
+        """The first n rows (views, no copy)."""
+        return DecoderState(
+            self.h[:n],
+            self.c[:n],
+            self.features[:n],
+            None if self.projected is None else self.projected[:n],
+        )
+
+    def with_hidden(self, h: torch.Tensor, c: torch.Tensor) -> DecoderState:
+        return replace(self, h=h, c=c)
+
+
+class AttentionLSTMDecoder(nn.Module):
+    """Attention LSTM decoder; see the module docstring for the step equations.
+
+    Attributes mirror the constructor (``vocab_size, encoder_dim, embed_dim, decoder_dim,
+    attention_dim, dropout, deep_output, precompute_projection``). Layers: ``embedding``,
+    ``attention`` (``encoder_proj``, ``decoder_proj``, ``score``), ``init_h``, ``init_c``,
+    ``f_beta``, ``lstm``, ``drop``, ``out`` and, with deep output, ``deep_h``, ``deep_z``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        encoder_dim: int,
+        embed_dim: int = 512,
+        decoder_dim: int = 512,
+        attention_dim: int = 512,
+        dropout: float = 0.5,
+        deep_output: bool = False,
+        precompute_projection: bool = True,
+    ):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.encoder_dim = encoder_dim
+        self.embed_dim = embed_dim
+        self.decoder_dim = decoder_dim
+        self.attention_dim = attention_dim
+        self.dropout = dropout
+        self.deep_output = deep_output
+        # False recomputes W_e e at every step: slower, same results; kept for the benchmark
+        self.precompute_projection = precompute_projection
+
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.attention = AdditiveAttention(encoder_dim, decoder_dim, attention_dim)
+        self.init_h = nn.Linear(encoder_dim, decoder_dim)
+        self.init_c = nn.Linear(encoder_dim, decoder_dim)
+        self.f_beta = nn.Linear(decoder_dim, encoder_dim)
+        self.lstm = nn.LSTMCell(embed_dim + encoder_dim, decoder_dim)
+        self.drop = nn.Dropout(dropout)
+        if deep_output:
+            # project h and z into the embedding space and add the previous word's embedding
+            self.deep_h = nn.Linear(decoder_dim, embed_dim)
+            self.deep_z = nn.Linear(encoder_dim, embed_dim)
+            self.out = nn.Linear(embed_dim, vocab_size)
+        else:
+            self.out = nn.Linear(decoder_dim, vocab_size)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # N(0, 1) embeddings would dwarf the other LSTM inputs at the start of training
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        with torch.no_grad():
+            self.embedding.weight[PAD_ID].zero_()
+        nn.init.zeros_(self.out.bias)
+
+    # ---- the step ----------------------------------------------------------------------------
+
+    def init_state(self, features: torch.Tensor) -> DecoderState:
+        """features (N, P, C) -> initial state: h0, c0 (N, D) from the mean region vector, and
+        the attention projection W_e e (N, P, A) computed once."""
+        mean = features.mean(dim=1)  # (N, C)
+        projected = self.attention.project(features) if self.precompute_projection else None
+        return DecoderState(self.init_h(mean), self.init_c(mean), features, projected)
+
+    def gate(self, h: torch.Tensor) -> torch.Tensor:
+        """h (N, D) -> sigmoid(f_beta(h)) (N, C) in (0, 1): how much of the context to let in."""
+        return torch.sigmoid(self.f_beta(h))
+
+    def advance(
+        self, emb: torch.Tensor, state: DecoderState
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Recurrent half of a step: emb (N, E) of the previous word
+        -> h, c (N, D), gated context z (N, C), alpha (N, P)."""
+        projected = state.projected
+        if projected is None:
+            projected = self.attention.project(state.features)  # (N, P, A)
+        context, alpha = self.attention(projected, state.features, state.h)  # (N, C), (N, P)
+        z = self.gate(state.h) * context  # (N, C)
+        h, c = self.lstm(torch.cat([emb, z], dim=1), (state.h, state.c))  # (N, D) each
+        return h, c, z, alpha
+
+    def output_logits(self, h: torch.Tensor, z: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Output half of a step: h (..., D), z (..., C), emb (..., E) -> logits (..., V)."""
+        if self.deep_output:
+            return self.out(self.drop(emb + self.deep_h(h) + self.deep_z(z)))
+        return self.out(self.drop(h))
+
+    def step(
+        self, prev_tokens: torch.Tensor, state: DecoderState
+    ) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
+        """prev_tokens (N,) long -> logits (N, V) for the next word, alpha (N, P), new state."""
+        emb = self.embedding(prev_tokens)  # (N, E)
+        h, c, z, alpha = self.advance(emb, state)
+        return self.output_logits(h, z, emb), alpha, state.with_hidden(h, c)
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        captions: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        teacher_forcing_ratio: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict ``captions[:, 1:]`` from inputs ``captions[:, :-1]``.
+
+        Args:
+            features: (B, P, C) encoder output.
+            captions: (B, T) long, ``[<start>, w1, ..., <end>, <pad>...]``.
+            lengths: (B,) tokens per caption counting <start> and <end> (i.e. non-pad tokens),
+                or None to run all T-1 steps for every caption. With lengths, caption i runs
+                ``lengths[i] - 1`` steps and its later positions get logits 0 and alpha 0
+                (they are padding targets; the loss must ignore them).
+            teacher_forcing_ratio: probability of feeding the ground-truth previous word.
+                Below 1, from step 1 on each caption independently feeds its own previous
+                argmax prediction with probability ``1 - ratio`` (scheduled sampling).
+            generator: RNG for that choice (defaults to the global one).
+
+        Returns:
+            logits (B, T-1, V) and alphas (B, T-1, P).
+        """
+        B, T = captions.shape
+        steps = T - 1
+        device = captions.device
+        if lengths is None:
+            dec_len = torch.full((B,), steps, dtype=torch.long, device=device)
+        else:
+            dec_len = (lengths.to(device=device, dtype=torch.long) - 1).clamp(0, steps)
+        # Sort longest first so the captions still running at step t are a prefix of the batch:
+        # each step then runs on rows [:n_t] only, and finished captions cost nothing.
+        dec_len, order = dec_len.sort(descending=True, stable=True)
+        features, captions = features[order], captions[order]
+        active = (dec_len.unsqueeze(0) > torch.arange(steps, device=device).unsqueeze(1))
+        counts = active.sum(1).tolist()  # (T-1,) rows active per step; one host sync
+
+        state = self.init_state(features)
+        sampling = teacher_forcing_ratio < 1.0
+        if not sampling:
+            inputs = self.embedding(captions[:, :-1])  # (B, T-1, E), ground truth at every step
+        outs, alphas = [], []  # per step: logits or (h, z, emb) rows, and (n_t, P)
+        prev_pred = captions[:, 0]
+        for t, n in enumerate(counts):
+            if n == 0:
+                break
+            state = state.prefix(n)
+            if not sampling:
+                emb = inputs[:n, t]  # (n, E)
+            else:
+                tokens = captions[:n, t]
+                if t > 0:
+                    use_pred = torch.rand(n, device=device, generator=generator) >= teacher_forcing_ratio
+                    tokens = torch.where(use_pred, prev_pred[:n], tokens)
+                emb = self.embedding(tokens)  # (n, E)
+            h, c, z, alpha = self.advance(emb, state)
+            state = state.with_hidden(h, c)
+            alphas.append(alpha)
+            if sampling:
+                logits = self.output_logits(h, z, emb)  # (n, V)
+                prev_pred = logits.argmax(-1)  # no gradient flows through the choice
+                outs.append(logits)
+            else:
+                outs.append((h, z, emb))
+
+        if not alphas:  # T == 1 or all lengths <= 1: nothing to predict
+            return (
+                features.new_zeros(B, steps, self.vocab_size),
+                features.new_zeros(B, steps, features.shape[1]),
+            )
+        if sampling:
+            packed_logits = torch.cat(outs)  # (sum n_t, V)
+        else:
+            # one large output matmul over all steps instead of T-1 small ones
+            h_all, z_all, e_all = (torch.cat(x) for x in zip(*outs, strict=True))
+            packed_logits = self.output_logits(h_all, z_all, e_all)  # (sum n_t, V)
+        packed_alphas = torch.cat(alphas)  # (sum n_t, P)
+
+        # rows are packed step-major, which is the order of the True entries of active (T-1, B)
+        logits = packed_logits.new_zeros(steps, B, self.vocab_size)
+        logits[active] = packed_logits
+        alpha_out = packed_alphas.new_zeros(steps, B, features.shape[1])
+        alpha_out[active] = packed_alphas
+        inverse = torch.argsort(order)  # undo the length sort
+        return logits.transpose(0, 1)[inverse], alpha_out.transpose(0, 1)[inverse]
