@@ -1,0 +1,93 @@
+"""Caption normalisation and the word vocabulary.
+
+Token conventions (shared by the data, the decoder and every decoding routine):
+  ids 0..3 are the special tokens ``<pad> <start> <end> <unk>`` in that order, so padding is 0
+  and an encoded caption reads ``[<start>, w1, ..., wn, <end>]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+SPECIAL_TOKENS = (PAD, START, END, UNK)
+PAD_ID, START_ID, END_ID, UNK_ID = 0, 1, 2, 3
+
+_NON_WORD = re.compile(r"[^a-z0-9\s]+")
+
+
+def normalize_caption(text: str) -> list[str]:
+    """Lower-case, drop punctuation, split on white space: ``"A dog's ball."`` -> ``[a, dogs, ball]``."""
+    return _NON_WORD.sub("", text.lower()).split()
+
+
+class Vocabulary:
+    """Bidirectional word <-> id map with the four special tokens first."""
+
+    def __init__(self, words: Sequence[str]):
+        self.itos: list[str] = list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS]
+        self.stoi: dict[str, int] = {w: i for i, w in enumerate(self.itos)}
+        if len(self.stoi) != len(self.itos):
+            raise ValueError("vocabulary words must be unique")
+
+    pad_id, start_id, end_id, unk_id = PAD_ID, START_ID, END_ID, UNK_ID
+
+    @classmethod
+    def build(cls, captions: Iterable[str], min_word_freq: int = 5) -> Vocabulary:
+        """Keep words seen at least ``min_word_freq`` times; order by count, then alphabetically
+        (deterministic whatever order the captions arrive in)."""
+        counts = Counter(w for c in captions for w in normalize_caption(c))
+        kept = sorted((w for w, n in counts.items() if n >= min_word_freq), key=lambda w: (-counts[w], w))
+        return cls(kept)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self.itos == other.itos
+
+    def encode(self, caption: str) -> list[int]:
+        """Caption string -> ``[START_ID, ids..., END_ID]``; unknown words become ``UNK_ID``."""
+        return [START_ID] + [self.stoi.get(w, UNK_ID) for w in normalize_caption(caption)] + [END_ID]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids -> words, stopping at the first ``<end>`` and dropping ``<start>``/``<pad>``."""
+        words = []
+        for i in ids:
+            i = int(i)
+            if i == END_ID:
+                break
+            if i in (PAD_ID, START_ID):
+                continue
+            words.append(self.itos[i] if 0 <= i < len(self.itos) else UNK)
+        return " ".join(words)
+
+    def to_dict(self) -> dict:
+        return {"itos": self.itos}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> Vocabulary:
+        itos = list(state["itos"])
+        if tuple(itos[:4]) != SPECIAL_TOKENS:
+            raise ValueError(f"vocabulary must start with {SPECIAL_TOKENS}, got {itos[:4]}")
+        return cls(itos[4:])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write JSON atomically (temp file + rename) so a crash never leaves a half-written file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_dict(), f)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Vocabulary:
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
