@@ -142,6 +142,10 @@ class Flickr8kDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._load_annotations()
         self._load_vocab()
+        if self.cache_features and self._encoder is None:
+            # The model (hence the encoder) is sized from the vocabulary built just above: the
+            # task attaches the encoder next and calls setup again to build the datasets.
+            return
         for split in _STAGE_SPLITS.get(stage, _STAGE_SPLITS[None]):
             if split not in self.datasets:
                 self.datasets[split] = self._make_dataset(split)
@@ -267,6 +271,10 @@ class Flickr8kDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         if split not in self.datasets:
+            if self.cache_features and self._encoder is None:
+                raise ConfigError(
+                    "data.cache_features=true needs the frozen encoder: call dm.attach_feature_encoder(...) before the loaders"
+                )
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         return DataLoader(
             self.datasets[split],
