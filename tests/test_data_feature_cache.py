@@ -1,0 +1,100 @@
+"""The frozen-encoder feature cache."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from imgcap.data.datamodule import Flickr8kDataModule
+from imgcap.data.feature_cache import cache_key, load_feature_cache, paths_for
+from imgcap.data.transforms import eval_transform, load_image
+
+
+class CountingEncoder(nn.Module):
+    """(B, 3, S, S) -> (B, P=grid^2, C=4), counting forward calls."""
+
+    def __init__(self, grid: int = 2):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.pool(self.conv(x)).flatten(2).transpose(1, 2)  # (B, P, C)
+
+
+def make_dm(root: Path, cache_dir: Path, encoder: nn.Module, key: dict) -> Flickr8kDataModule:
+    dm = Flickr8kDataModule(root=str(root), cache_dir=str(cache_dir), image_size=32, batch_size=8,
+                            min_word_freq=1, cache_features=True, quiet=True)
+    dm.setup("fit")  # vocabulary first (the task sizes the model from it) ...
+    dm.attach_feature_encoder(encoder, key)
+    dm.setup("fit")  # ... then the cache
+    return dm
+
+
+def test_features_equal_encoder_output_and_epochs_skip_encoder(shapes_root: Path, tmp_path: Path) -> None:
+    enc = CountingEncoder()
+    dm = make_dm(shapes_root, tmp_path / "cache", enc, {"arch": "counting", "grid": 2})
+    assert enc.calls > 0  # built train + val caches
+    enc.calls = 0
+    for _ in range(2):
+        for batch in dm.train_dataloader():
+            assert "images" not in batch
+            assert batch["features"].shape[1:] == (4, 4) and batch["features"].dtype == torch.float32
+    val = next(iter(dm.val_dataloader()))
+    assert enc.calls == 0
+
+    name = val["image_ids"][0]
+    image = eval_transform(32)(load_image(dm.annotations.image_dir / name))
+    with torch.no_grad():
+        expected = enc(image[None])[0]
+    torch.testing.assert_close(val["features"][0], expected, atol=2e-3, rtol=2e-3)
+
+
+def test_changed_encoder_config_rebuilds(shapes_root: Path, tmp_path: Path) -> None:
+    enc = CountingEncoder()
+    make_dm(shapes_root, tmp_path, enc, {"arch": "counting", "grid": 2})
+    enc.calls = 0
+    make_dm(shapes_root, tmp_path, enc, {"arch": "counting", "grid": 2})
+    assert enc.calls == 0  # same key: loaded, not recomputed
+    enc3 = CountingEncoder(grid=3)
+    dm = make_dm(shapes_root, tmp_path, enc3, {"arch": "counting", "grid": 3})
+    assert enc3.calls > 0
+    assert next(iter(dm.train_dataloader()))["features"].shape[1:] == (9, 4)
+    assert len(list(tmp_path.glob("features-*.npy"))) == 4  # (train, val) x two configs
+
+
+def test_mismatched_cache_is_not_used(shapes_root: Path, tmp_path: Path) -> None:
+    dm = make_dm(shapes_root, tmp_path, CountingEncoder(), {"arch": "counting", "grid": 2})
+    ids = dm.annotations.splits["val"]
+    key_a, key_b = {"arch": "counting", "grid": 2}, {"arch": "counting", "grid": 3}
+    assert load_feature_cache(tmp_path, ids, key_a, 32) is not None
+    # Plant config A's files under config B's names: the stored key must give it away.
+    src = paths_for(tmp_path, cache_key(ids, key_a, 32))
+    dst = paths_for(tmp_path, cache_key(ids, key_b, 32))
+    for s, d in zip(src, dst, strict=True):
+        shutil.copy(s, d)
+    assert load_feature_cache(tmp_path, ids, key_b, 32) is None
+    assert load_feature_cache(tmp_path, ids, key_a, 64) is None  # other image size
+    assert load_feature_cache(tmp_path, ids[:-1], key_a, 32) is None  # other images
+    # A truncated/partial array under the right key is not trusted either.
+    npy, _ = src
+    npy.write_bytes(npy.read_bytes()[:-16])
+    assert load_feature_cache(tmp_path, ids, key_a, 32) is None
+
+
+def test_cache_features_without_encoder_is_a_config_error(shapes_root: Path, tmp_path: Path) -> None:
+    from imgcap.errors import ConfigError
+
+    dm = Flickr8kDataModule(root=str(shapes_root), cache_dir=str(tmp_path), image_size=32,
+                            min_word_freq=1, cache_features=True, quiet=True)
+    dm.setup("fit")
+    assert dm.vocab is not None
+    with pytest.raises(ConfigError, match="attach_feature_encoder"):
+        dm.train_dataloader()
