@@ -38,6 +38,12 @@ class DecodeResult:
     ended: torch.Tensor
 
 
+def _next_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """logits (N, V) -> log-probabilities (N, V) in float32, with <pad> and <start> excluded."""
+    never = torch.tensor([PAD_ID, START_ID], device=logits.device)
+    return logits.float().index_fill(1, never, float("-inf")).log_softmax(-1)
+
+
 def _check(max_len: int, beam_size: int = 1) -> None:
     if max_len < 1:
         raise ConfigError(f"decoding max_len must be >= 1, got {max_len}")
@@ -59,7 +65,7 @@ def greedy_decode(
     steps_tokens, steps_alphas = [], []
     for _ in range(max_len):
         logits, alpha, state = decoder.step(prev, state)  # (B, V), (B, P)
-        best_logp, tok = logits.float().log_softmax(-1).max(-1)  # (B,), (B,)
+        best_logp, tok = _next_log_probs(logits).max(-1)  # (B,), (B,)
         scores = scores + torch.where(done, torch.zeros_like(best_logp), best_logp)
         steps_tokens.append(torch.where(done, torch.full_like(tok, PAD_ID), tok))
         steps_alphas.append(alpha)
@@ -105,8 +111,8 @@ def beam_search(
     _check(max_len, beam_size)
     B, P, _ = features.shape
     k, V = beam_size, decoder.vocab_size
-    if k > V:
-        raise ConfigError(f"beam_size={k} exceeds the vocabulary size {V}")
+    if k > V - 2:  # each live beam must have k finite continuations (<pad>, <start> excluded)
+        raise ConfigError(f"beam_size={k} must be below the vocabulary size {V} minus 2")
     device = features.device
     # W_e e is computed for B images, then shared by their k beams
     state = decoder.init_state(features).index_select(
@@ -124,7 +130,7 @@ def beam_search(
 
     for t in range(max_len):
         logits, alpha, state = decoder.step(prev, state)  # (B*k, V), (B*k, P)
-        logp = logits.float().log_softmax(-1).view(B, k, V)
+        logp = _next_log_probs(logits).view(B, k, V)
         cand = (scores.unsqueeze(-1) + logp).view(B, k * V)  # dead beams stay at -inf
         top_scores, top_idx = cand.topk(k, dim=1)  # (B, k), best first
         taken = (rank.unsqueeze(0) < live.unsqueeze(1)) & torch.isfinite(top_scores)
