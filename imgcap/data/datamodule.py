@@ -125,7 +125,8 @@ class Flickr8kDataModule(L.LightningDataModule):
         """Use ``encoder`` ((B, 3, S, S) -> (B, P, C), frozen) to fill the feature cache in setup.
 
         ``encoder_key`` must describe everything its output depends on (architecture, weights,
-        grid size...): it is part of the cache key.
+        grid size...): it is part of the cache key. Call it before setup, or after a first
+        ``setup("fit")`` (which then only builds the vocabulary) and call setup again.
         """
         self._encoder = encoder
         self._encoder_key = dict(encoder_key)
@@ -252,6 +253,10 @@ class Flickr8kDataModule(L.LightningDataModule):
                 )
             if train and self.augment:
                 warnings.warn("data.augment is ignored with data.cache_features=true (features are precomputed)", stacklevel=2)
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise DataError(f"cannot create the cache folder {self.cache_dir} ({e}); set data.cache_dir to a writable folder") from None
             store = build_feature_cache(
                 self.cache_dir, ids, ImageListDataset(ids, ImageFiles(ann.image_dir, eval_transform(self.image_size))),
                 self._encoder, self._encoder_key, self.image_size, batch_size=self.eval_batch_size,
