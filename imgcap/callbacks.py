@@ -138,6 +138,15 @@ class CaptionSampleLogger(L.Callback):
             for s in self._samples
         ]
         logger.log_table("val/samples", columns=["image", "picture", "prediction", "references"], data=rows)
+        # Offline runs store images inside tables as the bare word "Image" (a known W&B
+        # limitation), so the pictures are also logged as plain images, captioned.
+        shown = [s for s in self._samples if s["image"] is not None]
+        if shown:
+            logger.log_image(
+                "val/sample_images",
+                images=[s["image"] for s in shown],
+                caption=[f"{s['image_id']}: {s['prediction']}" for s in shown],
+            )
         if overlays:
             logger.log_image(
                 "val/attention",

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
 import torch
 from hydra.utils import instantiate
@@ -85,8 +87,11 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
     return loggers
 
 
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not has_logger:  # the LR monitor has nowhere to write and Lightning refuses it
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return callbacks
 
 
 def build_data_and_model(cfg: DictConfig):
@@ -117,8 +122,8 @@ def train(cfg: DictConfig) -> float | None:
 
     datamodule, model = build_data_and_model(cfg)
     run_config = OmegaConf.to_container(cfg, resolve=True)
-    callbacks = build_callbacks(cfg) + [RunConfigInCheckpoint(run_config)]
     loggers = build_loggers(cfg)
+    callbacks = build_callbacks(cfg, has_logger=bool(loggers)) + [RunConfigInCheckpoint(run_config)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(run_config)
@@ -127,7 +132,11 @@ def train(cfg: DictConfig) -> float | None:
             logger.watch(model, log=watch, log_freq=freq)
 
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        with warnings.catch_warnings():
+            # With an on-exception checkpoint Lightning looks for one to resume from and warns
+            # when a fresh run has none; resuming is explicit here (ckpt_path=...).
+            warnings.filterwarnings("ignore", message=r".*ckpt_path=.*")
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = dict(model.best_val_scores)
         best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if cfg.get("test"):
@@ -153,6 +162,9 @@ def finish_wandb(loggers: list) -> None:
         import wandb
 
         wandb.finish()
+        # Stop the background service too: it closes the run's log file, so an offline run is
+        # complete on disk (ready for `wandb sync`) when train() returns.
+        wandb.teardown()
 
 
 # ---------------------------------------------------------------------------------- evaluate

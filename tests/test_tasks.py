@@ -1,0 +1,190 @@
+"""End-to-end runs of train / evaluate / caption on a tiny generated dataset, in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from imgcap import tasks
+from imgcap.checkpoint import load_captioner
+from imgcap.errors import CheckpointError, DataError, ImgcapError
+from imgcap.metrics import compute_caption_metrics
+from imgcap.module import CaptioningModule
+from tests.hydra_helpers import compose_config, compose_train
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A tiny, fast configuration: 60 shapes at 32 px, small CNN, narrow decoder, no METEOR (Java).
+TINY = [
+    "data=shapes",
+    "data.synthetic.num_images=60",
+    "data.synthetic.image_size=32",
+    "data.image_size=32",
+    "data.batch_size=16",
+    "model.encoder.arch=small_cnn",
+    "model.encoder.weights=null",
+    "model.encoder.fine_tune=all",
+    "+model.encoder.width=32",
+    "model.encoded_size=2",
+    "model.attention_dim=32",
+    "model.embed_dim=32",
+    "model.decoder_dim=32",
+    "model.meteor=false",
+    "trainer=cpu",
+    "trainer.num_sanity_val_steps=0",
+    "callbacks.progress_bar=null",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """Two epochs of training; returns the run directory (with checkpoints and metrics.json)."""
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = compose_train(tmp, [*TINY, "trainer.max_epochs=2", "logger=csv"])
+    tasks.train(cfg)
+    return Path(cfg.paths.output_dir)
+
+
+def test_train_writes_checkpoints_metrics_and_samples(trained_run):
+    assert (trained_run / "checkpoints" / "best.ckpt").is_file()
+    assert (trained_run / "checkpoints" / "last.ckpt").is_file()
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    for name in ("BLEU-4", "CIDEr", "ROUGE-L"):
+        assert 0.0 <= metrics[f"test/{name}"] <= 10.0
+        assert f"val/{name}" in metrics
+    assert "test/METEOR" not in metrics  # switched off in TINY
+    assert metrics["best_checkpoint"].endswith("best.ckpt")
+    assert list((trained_run / "samples").glob("epoch_*.json"))
+
+
+def test_checkpoint_alone_rebuilds_the_model_on_cpu(trained_run):
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    model = CaptioningModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    again, run_config = load_captioner(ckpt)
+    assert run_config["data"]["image_size"] == 32
+    assert model.vocab == again.vocab and len(model.vocab) > 10
+    features = torch.randn(3, 4, again.encoder.out_dim)
+    assert model.caption_features(features)[0] == again.caption_features(features)[0]
+
+
+def test_evaluate_scores_equal_a_direct_metric_computation(trained_run, tmp_path):
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    cfg = compose_config(tmp_path, "evaluate", [f"ckpt={ckpt}", "beam_size=[1,3]", "num_workers=0", "meteor=false"])
+    metrics = tasks.evaluate(cfg)
+    out = Path(cfg.paths.output_dir)
+    written = json.loads((out / "metrics.json").read_text())
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert written == json.loads(json.dumps(metrics))
+    assert len(predictions) == 6  # 10% of 60 images are the test split
+    assert set(predictions[0]) >= {"image", "hypothesis", "references"}
+    direct = compute_caption_metrics(
+        [p["hypothesis"] for p in predictions], [p["references"] for p in predictions], meteor=False
+    )
+    for name, value in direct.items():
+        assert written[f"test/{name}"] == pytest.approx(value, abs=1e-12)
+    assert set(written["by_beam_size"]) == {"1", "3"}
+
+
+def test_caption_writes_attention_png(trained_run, tmp_path):
+    images = sorted((trained_run.parent / "data" / "shapes" / "Images").glob("*.jpg"))[:2]
+    cfg = compose_config(
+        tmp_path, "caption", [f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}", f"images=[{images[0]},{images[1]}]", "attention=true"]
+    )
+    results = tasks.caption(cfg)
+    assert [r["image"] for r in results] == [str(p) for p in images]
+    for r in results:
+        if r["caption"]:
+            png = Path(r["attention_png"])
+            assert png.is_file() and Image.open(png).size[0] > 64
+
+
+def test_caption_missing_image_is_one_clear_error(trained_run, tmp_path):
+    cfg = compose_config(tmp_path, "caption", [f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}", "images=[/nope/a.jpg]"])
+    with pytest.raises(ImgcapError, match="/nope/a.jpg"):
+        tasks.caption(cfg)
+
+
+def test_evaluate_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
+    bogus = tmp_path / "x.ckpt"
+    torch.save({"state_dict": {}}, bogus)
+    cfg = compose_config(tmp_path, "evaluate", [f"ckpt={bogus}"])
+    with pytest.raises(CheckpointError, match="x.ckpt"):
+        tasks.evaluate(cfg)
+
+
+def test_fast_dev_run_trains_validates_and_tests(tmp_path):
+    cfg = compose_train(tmp_path, [*TINY, "debug=fdr", "logger=none"])
+    tasks.train(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "test/BLEU-4" in metrics and metrics["best_checkpoint"] is None
+
+
+def test_missing_dataset_says_where_to_get_it(tmp_path):
+    cfg = compose_train(tmp_path, ["model.encoder.weights=null", "logger=none"])
+    with pytest.raises(DataError) as err:
+        tasks.train(cfg)
+    message = str(err.value)
+    assert str(tmp_path / "data" / "flickr8k") in message and "experiment=demo" in message
+
+
+def test_cached_features_need_a_frozen_encoder(tmp_path):
+    cfg = compose_train(tmp_path, [*TINY, "data.cache_features=true", "logger=none"])
+    with pytest.raises(ImgcapError, match="data.cache_features"):
+        tasks.train(cfg)
+
+
+def test_wandb_offline_run_holds_metrics_and_samples_table(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_train(tmp_path, [*TINY, "trainer.max_epochs=1", "logger=wandb", "test=false"])
+    tasks.train(cfg)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    # An offline run keeps its history in the binary run-*.wandb log (what `wandb sync` uploads).
+    log = next(runs[0].glob("run-*.wandb")).read_bytes()
+    for key in (b"val/BLEU-4", b"val/CIDEr", b"train/loss", b"attention_dim"):
+        assert key in log, key
+    tables = list((runs[0] / "files" / "media" / "table").rglob("samples*.table.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["image", "picture", "prediction", "references"]
+    assert len(table["data"]) == 6  # the whole validation split (6 of 60 images); the cap is 8
+    images = runs[0] / "files" / "media" / "images"
+    assert list(images.rglob("attention*.png"))
+    assert len(list(images.rglob("sample_images*.png"))) == 6
+
+
+@pytest.mark.slow
+def test_multirun_writes_one_run_directory_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable, str(REPO / "train.py"), "-m", *TINY,
+        "trainer.max_epochs=1", "logger=csv", f"paths.root_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep}", "model.attention_dim=16,32",
+    ]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    for job in jobs:
+        assert json.loads((job / "metrics.json").read_text())["test/BLEU-4"] >= 0.0
+        assert (job / ".hydra" / "overrides.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_train_script_prints_one_line_for_a_missing_dataset(tmp_path):
+    cmd = [sys.executable, str(REPO / "train.py"), f"paths.root_dir={tmp_path}", "model.encoder.weights=null"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "experiment=demo" in errors[0]
+    assert "Traceback" not in done.stderr
