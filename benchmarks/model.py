@@ -1,12 +1,14 @@
 """Decoder speed: training step and greedy / beam decoding, with and without caching W_e e.
 
-Run: .venv/bin/python benchmarks/model.py [--reps 3] [--decode-images 16] [--threads N]
+Run: .venv/bin/python benchmarks/model.py [--train-reps 2] [--decode-reps 5] [--decode-images 8]
+     [--threads N]
 
 Sizes follow the Flickr8k setup: B=32 captions of T=20 tokens, P=196 regions (14x14 grid) of
 C=2048 (ResNet-50), embed/decoder/attention dims 512, vocabulary 3000. The "recompute" variant
 computes the attention projection W_e e at every step instead of once per image, which is what
 ``precompute_projection=False`` does. Both variants run interleaved in the same process so the
-ratio is robust to other load on the machine; times are medians over ``--reps``.
+ratio is robust to other load on the machine; times are medians over the repetitions
+(after one warm-up run of each variant).
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ def _compare(name: str, fns: dict[str, Callable[[], object]], reps: int, per: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--decode-images", type=int, default=16)
+    parser.add_argument("--train-reps", type=int, default=2)
+    parser.add_argument("--decode-reps", type=int, default=5)
+    parser.add_argument("--decode-images", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -62,7 +65,7 @@ def main() -> None:
     torch.manual_seed(0)
     print(
         f"torch {torch.__version__}, device cpu, threads {torch.get_num_threads()}, "
-        f"reps {args.reps} (median)"
+        f"reps train {args.train_reps} / decode {args.decode_reps} (median)"
     )
     print(f"B={B} T={T} P={P} C={C} embed=decoder=attention={DIM} vocab={VOCAB}")
 
@@ -89,7 +92,7 @@ def main() -> None:
     _compare(
         "train step (fwd+bwd+Adam), per batch",
         {"cached": train_step(True), "recompute": train_step(False)},
-        args.reps,
+        args.train_reps,
         per=1,
     )
 
@@ -115,7 +118,7 @@ def main() -> None:
         _compare(
             f"{label} ({MAX_LEN} steps), per image",
             {"cached": decoding(True, beam), "recompute": decoding(False, beam)},
-            args.reps,
+            args.decode_reps,
             per=n,
         )
     print(f"(decoding batches of {n} images)")

@@ -193,8 +193,10 @@ class AttentionLSTMDecoder(nn.Module):
             dec_len = (lengths.to(device=device, dtype=torch.long) - 1).clamp(0, steps)
         # Sort longest first so the captions still running at step t are a prefix of the batch:
         # each step then runs on rows [:n_t] only, and finished captions cost nothing.
-        dec_len, order = dec_len.sort(descending=True, stable=True)
-        features, captions = features[order], captions[order]
+        order = None
+        if lengths is not None:
+            dec_len, order = dec_len.sort(descending=True, stable=True)
+            features, captions = features[order], captions[order]
         active = (dec_len.unsqueeze(0) > torch.arange(steps, device=device).unsqueeze(1))
         counts = active.sum(1).tolist()  # (T-1,) rows active per step; one host sync
 
@@ -244,5 +246,8 @@ class AttentionLSTMDecoder(nn.Module):
         logits[active] = packed_logits
         alpha_out = packed_alphas.new_zeros(steps, B, features.shape[1])
         alpha_out[active] = packed_alphas
-        inverse = torch.argsort(order)  # undo the length sort
-        return logits.transpose(0, 1)[inverse], alpha_out.transpose(0, 1)[inverse]
+        logits, alpha_out = logits.transpose(0, 1), alpha_out.transpose(0, 1)  # (B, T-1, ...)
+        if order is not None:
+            inverse = torch.argsort(order)  # undo the length sort
+            logits, alpha_out = logits[inverse], alpha_out[inverse]
+        return logits, alpha_out
