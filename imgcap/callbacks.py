@@ -8,16 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
-from lightning.pytorch.loggers import WandbLogger
 import numpy as np
 import torch
+from lightning.pytorch.loggers import WandbLogger
 
 from imgcap.checkpoint import CHECKPOINT_KEY, run_config_entry
+from imgcap.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 
 class EncoderFineTuning(L.Callback):
@@ -59,7 +58,9 @@ class RunConfigInCheckpoint(L.Callback):
 
 def to_display_image(image: torch.Tensor) -> np.ndarray:
     """Undo the ImageNet normalisation: (3, H, W) float -> (H, W, 3) uint8."""
-    pixels = image.detach().cpu().float() * IMAGENET_STD + IMAGENET_MEAN
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    pixels = image.detach().cpu().float() * std + mean
     return (pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
-from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import Logger, WandbLogger
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from imgcap.callbacks import RunConfigInCheckpoint

@@ -1,0 +1,57 @@
+"""The offline demo (`python train.py experiment=demo`, what `make demo` runs) meets its bar:
+mostly correct, clearly image-dependent captions."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from imgcap import tasks
+from imgcap.data.shapes import COLOURS, SHAPES
+from imgcap.metrics import compute_caption_metrics
+from tests.hydra_helpers import compose_config, compose_train
+
+
+def word_accuracy(predictions: list[dict], truth: dict[str, list[dict]], vocabulary) -> float:
+    """Fraction of images whose caption names exactly the true multiset of words of one kind
+    (colours, or shape names)."""
+    hits = 0
+    for p in predictions:
+        said = Counter(w for w in p["hypothesis"].split() if w in vocabulary)
+        true = Counter(s[key] for s in truth[p["image"]] for key in ("colour", "shape") if s[key] in vocabulary)
+        hits += said == true
+    return hits / len(predictions)
+
+
+@pytest.mark.slow
+def test_demo_captions_are_correct_and_image_dependent(tmp_path):
+    cfg = compose_train(tmp_path, ["experiment=demo", "callbacks.progress_bar=null"])
+    tasks.train(cfg)
+    run = Path(cfg.paths.output_dir)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test/BLEU-4"] >= 0.80, metrics
+
+    evaluation = compose_config(
+        tmp_path / "eval", "evaluate", [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", "num_workers=0", "meteor=false"]
+    )
+    tasks.evaluate(evaluation)
+    predictions = json.loads((Path(evaluation.paths.output_dir) / "predictions.json").read_text())
+    assert len(predictions) == 200
+    assert metrics["test/BLEU-4"] == pytest.approx(
+        json.loads((Path(evaluation.paths.output_dir) / "metrics.json").read_text())["test/BLEU-4"], abs=1e-9
+    )
+
+    # The same captions scored against other images' references: a captioner that ignores the
+    # image would score about as well as above.
+    hypotheses = [p["hypothesis"] for p in predictions]
+    references = [p["references"] for p in predictions]
+    shuffled = references[7:] + references[:7]  # a rotation: no image keeps its own references
+    shuffled_bleu4 = compute_caption_metrics(hypotheses, shuffled, meteor=False)["BLEU-4"]
+    assert shuffled_bleu4 < 0.35, shuffled_bleu4
+
+    truth = json.loads((tmp_path / "data" / "shapes" / "shapes.json").read_text())["images"]
+    assert word_accuracy(predictions, truth, set(COLOURS)) >= 0.9
+    assert word_accuracy(predictions, truth, set(SHAPES)) >= 0.9
