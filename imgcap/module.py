@@ -97,8 +97,10 @@ class CaptioningModule(L.LightningModule):
         self.val_metric = CaptionMetric(meteor=meteor)
         self.test_metric = CaptionMetric(meteor=meteor)
         self.val_best = MaxMetric() if monitor_mode == "max" else MinMetric()
-        # Every val/* score of the epoch that set the best monitored value (for metrics.json).
+        # Every val/* score of the epoch that set the best monitored value, and the latest
+        # scores of each stage, as exact Python floats (logged values become float32 tensors).
         self.best_val_scores: dict[str, float] = {}
+        self.latest_scores: dict[str, dict[str, float]] = {}
 
     # ------------------------------------------------------------------ features and decoding
     def encode(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -180,10 +182,11 @@ class CaptioningModule(L.LightningModule):
         return self._eval_step(batch, self.test_metric)
 
     def _log_scores(self, stage: str, metric: CaptionMetric) -> dict[str, float]:
-        scores = metric.compute()  # already gathered across processes
+        scores = {k: float(v) for k, v in metric.compute().items()}  # gathered across processes
         metric.reset()
+        self.latest_scores[stage] = scores
         for name, value in scores.items():
-            self.log(f"{stage}/{name}", float(value), sync_dist=False)
+            self.log(f"{stage}/{name}", value, sync_dist=False)
         return scores
 
     def on_validation_epoch_end(self) -> None:

@@ -141,8 +141,8 @@ def train(cfg: DictConfig) -> float | None:
         best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if cfg.get("test"):
             # Without a checkpoint (fast_dev_run) the final weights are tested.
-            results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None)
-            metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+            trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None)
+            metrics.update({f"test/{k}": v for k, v in model.latest_scores.get("test", {}).items()})
         metrics["best_checkpoint"] = best_path or None
         metrics["epochs"] = trainer.current_epoch
         write_json(output_dir / "metrics.json", metrics)

@@ -52,8 +52,9 @@ def test_boxes_match_pixels_and_captions(shapes_root: Path) -> None:
         if len(shapes) == 2:
             left, right = shapes
             assert left["box"][2] < 16 <= right["box"][0]
-            assert any(f"{left['colour']} {left['shape']} to the left of" in c or "on the left" in c
-                       for c in ann.captions[name])
+            a, b = (f"{x['colour']} {x['shape']}" for x in (left, right))
+            for c in ann.captions[name]:  # the left shape comes first unless it says "right of"
+                assert c.index(a) < c.index(b) or f"{b} right of {('a ' + a)}" in c, (c, a, b)
 
 
 def test_reuse_when_complete(tmp_path: Path) -> None:

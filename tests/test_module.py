@@ -43,14 +43,14 @@ def test_overfits_twenty_images_and_reproduces_their_captions(shapes_root):
     model = small_module(vocab)
     optimizer = model.optimizer_factory(model.parameters())
     model.train()
-    for step in range(400):
+    for _step in range(400):
         losses = model.compute_loss(model.encoder(images), tokens, lengths, ratio=1.0)
         if losses["xe"].item() < 0.02:
             break
         optimizer.zero_grad()
         losses["loss"].backward()
         optimizer.step()
-    assert losses["xe"].item() < 0.02, f"cross-entropy still {losses['xe'].item():.3f} after {step} steps"
+    assert losses["xe"].item() < 0.02, f"cross-entropy still {losses['xe'].item():.3f} after {_step} steps"
 
     model.eval()
     decoded, _ = model.caption_features(model.encoder(images), beam_size=1, max_len=20)

@@ -29,25 +29,28 @@ from PIL import Image, ImageDraw
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40)}
 SHAPES = ("circle", "square", "triangle")
 META_FILE = "shapes.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # Templates; {a} is the left (or only) shape, {b} the right one, {where} the single shape's place.
+# Kept short so that the colour and shape words carry most of each caption: long shared phrases
+# ("on the left and a ... on the right") would let a caption that ignores the image match other
+# images' references well. Every two-shape caption names the left shape first, except the
+# "right of" one, which says so.
 _TWO = (
-    "a {a} to the left of a {b}",
-    "a {b} to the right of a {a}",
-    "there is a {a} and a {b}",
-    "a {a} on the left and a {b} on the right",
-    "two shapes : a {a} and a {b}",
-    "a {b} on the right and a {a} on the left",
-    "there is a {b} and a {a}",
+    "a {a} and a {b}",
+    "a {a} left of a {b}",
+    "a {b} right of a {a}",
+    "a {a} next to a {b}",
+    "two shapes a {a} and a {b}",
+    "a {a} beside a {b}",
 )
 _ONE = (
     "a {a}",
-    "there is a {a} {where}",
     "a {a} {where}",
-    "one shape : a {a}",
-    "there is a {a}",
-    "a single {a} {where}",
+    "one {a}",
+    "a single {a}",
+    "just one {a} {where}",
+    "a lone {a}",
 )
 _WHERE = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
 
