@@ -41,9 +41,17 @@ class FrozenResNet18(nn.Module):
 
 def loader_rate(root: Path, cache: Path, workers: int, epochs: int = 2) -> float:
     """Images/s of the train loader (one caption per image), best of ``epochs`` epochs."""
-    dm = Flickr8kDataModule(root=str(root), cache_dir=str(cache), image_size=224, batch_size=32,
-                            num_workers=workers, persistent_workers=True, captions_per_image=1,
-                            min_word_freq=1, quiet=True)
+    dm = Flickr8kDataModule(
+        root=str(root),
+        cache_dir=str(cache),
+        image_size=224,
+        batch_size=32,
+        num_workers=workers,
+        persistent_workers=True,
+        captions_per_image=1,
+        min_word_freq=1,
+        quiet=True,
+    )
     dm.setup("fit")
     loader = dm.train_dataloader()
     best = 0.0
@@ -67,7 +75,9 @@ def epoch_seconds(dm: Flickr8kDataModule, encoder: nn.Module | None) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=320, help="shapes images to generate at 224 px")
+    parser.add_argument(
+        "--images", type=int, default=320, help="shapes images to generate at 224 px"
+    )
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -84,10 +94,20 @@ def main() -> None:
         sample = os.environ.get("IMGCAP_FLICKR8K_SAMPLE")
         if sample:
             rate = loader_rate(Path(sample), tmp / "c2", args.workers)
-            print(f"(1) train loader, Flickr8k sample (real JPEGs) 224 px, {args.workers} workers: {rate:.0f} images/s")
+            print(
+                f"(1) train loader, Flickr8k sample (real JPEGs) 224 px, {args.workers} workers: {rate:.0f} images/s"
+            )
 
-        common = dict(root=str(shapes), cache_dir=str(tmp / "c3"), image_size=224, batch_size=32,
-                      num_workers=args.workers, captions_per_image=1, min_word_freq=1, quiet=True)
+        common = dict(
+            root=str(shapes),
+            cache_dir=str(tmp / "c3"),
+            image_size=224,
+            batch_size=32,
+            num_workers=args.workers,
+            captions_per_image=1,
+            min_word_freq=1,
+            quiet=True,
+        )
         encoder = FrozenResNet18()
         plain = Flickr8kDataModule(**common)
         plain.setup("fit")
@@ -100,9 +120,13 @@ def main() -> None:
         n = len(plain.datasets["train"])
         without = epoch_seconds(plain, encoder)
         with_cache = min(epoch_seconds(cached, None) for _ in range(2))
-        print(f"(2) one epoch ({n} train images, frozen ResNet-18 weights=None, 224 px, {args.workers} workers):")
-        print(f"    without cache {without:.2f}s, with cache {with_cache:.3f}s -> {without / with_cache:.0f}x faster"
-              f" (one-off cache build for train+val: {build:.2f}s)")
+        print(
+            f"(2) one epoch ({n} train images, frozen ResNet-18 weights=None, 224 px, {args.workers} workers):"
+        )
+        print(
+            f"    without cache {without:.2f}s, with cache {with_cache:.3f}s -> {without / with_cache:.0f}x faster"
+            f" (one-off cache build for train+val: {build:.2f}s)"
+        )
 
 
 if __name__ == "__main__":

@@ -80,9 +80,12 @@ def main() -> None:
             dec.precompute_projection = cached
             dec.train()
             logits, alphas = dec(feats, caps)
-            loss = nn.functional.cross_entropy(
-                logits.reshape(-1, VOCAB), caps[:, 1:].reshape(-1), ignore_index=PAD_ID
-            ) + ((1 - alphas.sum(1)) ** 2).mean()
+            loss = (
+                nn.functional.cross_entropy(
+                    logits.reshape(-1, VOCAB), caps[:, 1:].reshape(-1), ignore_index=PAD_ID
+                )
+                + ((1 - alphas.sum(1)) ** 2).mean()
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -18,7 +18,6 @@ from imgcap.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 log = logging.getLogger(__name__)
 
 
-
 class EncoderFineTuning(L.Callback):
     """Unfreeze the encoder (``fine_tune``: "all" or the last k stages) from a given epoch on.
 
@@ -119,7 +118,9 @@ class CaptionSampleLogger(L.Callback):
             if sample["image"] is None or not sample["prediction"]:
                 continue
             png = out_dir / f"epoch_{epoch:03d}_{Path(sample['image_id']).stem}.png"
-            attention_overlay(sample["image"], sample["prediction"].split(), sample["alphas"], path=png)
+            attention_overlay(
+                sample["image"], sample["prediction"].split(), sample["alphas"], path=png
+            )
             overlays.append((sample, png))
 
         for logger in trainer.loggers:
@@ -138,7 +139,9 @@ class CaptionSampleLogger(L.Callback):
             ]
             for s in self._samples
         ]
-        logger.log_table("val/samples", columns=["image", "picture", "prediction", "references"], data=rows)
+        logger.log_table(
+            "val/samples", columns=["image", "picture", "prediction", "references"], data=rows
+        )
         # Offline runs store images inside tables as the bare word "Image" (a known W&B
         # limitation), so the pictures are also logged as plain images, captioned.
         shown = [s for s in self._samples if s["image"] is not None]

@@ -40,7 +40,9 @@ def load_captioner(path: str | Path, map_location: str | torch.device = "cpu"):
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # a truncated download or a file of another kind
-        raise CheckpointError(f"cannot read checkpoint {path}: {err.__class__.__name__}: {err}") from err
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {err.__class__.__name__}: {err}"
+        ) from err
     entry = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     if not entry or "hyper_parameters" not in checkpoint:
         raise CheckpointError(

@@ -147,7 +147,9 @@ class CaptioningModule(L.LightningModule):
         """
         logits, alphas = self.decoder(features, captions, lengths, teacher_forcing_ratio=ratio)
         targets = captions[:, 1:]  # (B, T-1)
-        xe = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=PAD_ID)
+        xe = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=PAD_ID
+        )
         # Attention at padded steps is not part of the caption, so it does not count.
         mask = (targets != PAD_ID).unsqueeze(-1).to(alphas.dtype)  # (B, T-1, 1)
         attention_total = (alphas * mask).sum(dim=1)  # (B, P)

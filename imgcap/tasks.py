@@ -138,7 +138,9 @@ def train(cfg: DictConfig) -> float | None:
             warnings.filterwarnings("ignore", message=r".*ckpt_path=.*")
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = dict(model.best_val_scores)
-        best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best_path = (
+            trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        )
         if cfg.get("test"):
             # Without a checkpoint (fast_dev_run) the final weights are tested.
             trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None)
@@ -187,7 +189,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model, run_config = load_captioner(cfg.ckpt, map_location=device)
 
     beams = cfg.beam_size if cfg.beam_size is not None else model.hparams.beam_size
-    beams = [int(b) for b in (beams if OmegaConf.is_list(beams) or isinstance(beams, list) else [beams])]
+    beams = [
+        int(b) for b in (beams if OmegaConf.is_list(beams) or isinstance(beams, list) else [beams])
+    ]
     split = cfg.split
     if split not in ("val", "test"):
         raise ConfigError(f"split={split!r} is not one of val, test")
@@ -209,7 +213,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     image_ids: list[str] = []
     with torch.inference_mode():
         for batch in tqdm(loader, desc=f"evaluate {split}", unit="batch"):
-            features = model.encode({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+            features = model.encode(
+                {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            )
             for k in beams:
                 captions, _ = model.caption_features(features, beam_size=k, max_len=cfg.max_len)
                 hypotheses[k].extend(captions)
@@ -227,14 +233,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "image": image_id,
             "hypothesis": hypotheses[beams[0]][i],
             "references": references[i],
-            **({"hypotheses_by_beam_size": {str(k): hypotheses[k][i] for k in beams}} if len(beams) > 1 else {}),
+            **(
+                {"hypotheses_by_beam_size": {str(k): hypotheses[k][i] for k in beams}}
+                if len(beams) > 1
+                else {}
+            ),
         }
         for i, image_id in enumerate(image_ids)
     ]
     write_json(output_dir / "metrics.json", metrics)
     write_json(output_dir / "predictions.json", predictions)
     for k in beams:
-        print(format_scores(by_beam[str(k)], f"{split} scores, beam size {k} ({len(image_ids)} images):"))
+        print(
+            format_scores(
+                by_beam[str(k)], f"{split} scores, beam size {k} ({len(image_ids)} images):"
+            )
+        )
     print(f"wrote {output_dir / 'metrics.json'} and {output_dir / 'predictions.json'}")
     return metrics
 
@@ -245,7 +259,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 def collect_images(images: Any) -> list[Path]:
     """A list of paths, or one folder (its images, sorted), or one file."""
-    items = list(images) if isinstance(images, list | tuple) or OmegaConf.is_list(images) else [images]
+    items = (
+        list(images) if isinstance(images, list | tuple) or OmegaConf.is_list(images) else [images]
+    )
     paths: list[Path] = []
     for item in items:
         path = Path(str(item)).expanduser()
@@ -256,7 +272,9 @@ def collect_images(images: Any) -> list[Path]:
         else:
             raise ImgcapError(f"image not found: {path} (images= takes files or a folder)")
     if not paths:
-        raise ImgcapError(f"no images found in {items} (supported: {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise ImgcapError(
+            f"no images found in {items} (supported: {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     return paths
 
 

@@ -25,4 +25,6 @@ def flickr8k_sample() -> Path:
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated shapes set (40 images at 32 px, split 32/4/4); treat it as read-only."""
-    return generate_shapes(tmp_path_factory.mktemp("shapes") / "set", num_images=40, image_size=32, seed=0)
+    return generate_shapes(
+        tmp_path_factory.mktemp("shapes") / "set", num_images=40, image_size=32, seed=0
+    )

@@ -12,7 +12,9 @@ from omegaconf import DictConfig, open_dict
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def compose_config(tmp_path: Path, config_name: str, overrides: list[str] | None = None) -> DictConfig:
+def compose_config(
+    tmp_path: Path, config_name: str, overrides: list[str] | None = None
+) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with its run directory and data under ``tmp_path``.
 
     The hydra node is set as it is at run time, so ``${hydra:...}`` interpolations resolve.

@@ -36,7 +36,18 @@ def test_experiment_composes_and_instantiates(experiment, tmp_path):
     assert Path(cfg.paths.output_dir) == tmp_path / "run"
 
 
-@pytest.mark.parametrize("config", ["trainer=cpu", "trainer=gpu", "trainer=ddp", "logger=wandb", "logger=none", "debug=fdr", "debug=overfit"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        "trainer=cpu",
+        "trainer=gpu",
+        "trainer=ddp",
+        "logger=wandb",
+        "logger=none",
+        "debug=fdr",
+        "debug=overfit",
+    ],
+)
 def test_group_options_compose(config, tmp_path):
     cfg = compose_train(tmp_path, [config])
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
@@ -45,7 +56,12 @@ def test_group_options_compose(config, tmp_path):
 def test_attention_dim_override_reaches_the_network(tmp_path):
     cfg = compose_train(
         tmp_path,
-        ["model.attention_dim=64", "model.decoder_dim=48", "model.encoder.arch=small_cnn", "model.encoder.weights=null"],
+        [
+            "model.attention_dim=64",
+            "model.decoder_dim=48",
+            "model.encoder.arch=small_cnn",
+            "model.encoder.weights=null",
+        ],
     )
     model = instantiate(cfg.model, vocab=VOCAB)
     assert model.decoder.attention.encoder_proj.out_features == 64
@@ -67,4 +83,9 @@ def test_optuna_search_composes(tmp_path):
     sweeper = HydraConfig.get().sweeper
     assert cfg.optimized_metric == "val/CIDEr"
     assert sweeper.direction == "maximize"
-    assert set(sweeper.params) == {"model.attention_dim", "model.decoder_dim", "model.optimizer.lr", "model.dropout"}
+    assert set(sweeper.params) == {
+        "model.attention_dim",
+        "model.decoder_dim",
+        "model.optimizer.lr",
+        "model.dropout",
+    }

@@ -70,7 +70,11 @@ def test_sample_layouts_agree(flickr8k_sample: Path, tmp_path: Path) -> None:
     assert (kaggle.layout, original.layout) == ("kaggle", "original")
     for ann in (kaggle, original):
         assert ann.split_source == "official"
-        assert {s: len(ids) for s, ids in ann.splits.items()} == {"train": 120, "val": 20, "test": 20}
+        assert {s: len(ids) for s, ids in ann.splits.items()} == {
+            "train": 120,
+            "val": 20,
+            "test": 20,
+        }
         assert len(ann.captions) == 160 and all(len(c) == 5 for c in ann.captions.values())
     assert kaggle.captions == original.captions
     assert kaggle.splits == original.splits
@@ -86,14 +90,20 @@ def test_sample_layouts_agree(flickr8k_sample: Path, tmp_path: Path) -> None:
     assert vocabs[0] == vocabs[1] and len(vocabs[0]) > 50
 
 
-def test_sample_kaggle_without_lists_gets_seeded_split(flickr8k_sample: Path, tmp_path: Path) -> None:
+def test_sample_kaggle_without_lists_gets_seeded_split(
+    flickr8k_sample: Path, tmp_path: Path
+) -> None:
     root = tmp_path / "k"
     root.mkdir()
     (root / "Images").symlink_to(flickr8k_sample / "Images", target_is_directory=True)
     (root / "captions.txt").symlink_to(flickr8k_sample / "captions.txt")
     ann = load_annotations(root, split_seed=3)
     assert ann.split_source == "seeded"
-    assert [len(ann.splits[s]) for s in ("train", "val", "test")] == list(split_sizes(160)) == [119, 20, 20]
+    assert (
+        [len(ann.splits[s]) for s in ("train", "val", "test")]
+        == list(split_sizes(160))
+        == [119, 20, 20]
+    )
     assert ann.splits == load_annotations(root, split_seed=3).splits
 
 
@@ -104,8 +114,12 @@ def test_karpathy_json_layout(tmp_path: Path) -> None:
     names = [f"k{i}.jpg" for i in range(4)]
     make_images(tmp_path / "Images", names)
     splits = ["train", "restval", "val", "test"]
-    data = {"images": [{"filename": n, "split": s, "sentences": [{"raw": f"A bird {i} .", "tokens": []}]}
-                       for i, (n, s) in enumerate(zip(names, splits, strict=True))]}
+    data = {
+        "images": [
+            {"filename": n, "split": s, "sentences": [{"raw": f"A bird {i} .", "tokens": []}]}
+            for i, (n, s) in enumerate(zip(names, splits, strict=True))
+        ]
+    }
     (tmp_path / "dataset_flickr8k.json").write_text(json.dumps(data))
     ann = load_annotations(tmp_path)
     assert ann.layout == "karpathy" and ann.split_source == "karpathy"
@@ -117,7 +131,11 @@ def test_original_layout_with_images_folder(tmp_path: Path) -> None:
     make_original(tmp_path)
     (tmp_path / "Flicker8k_Dataset").rename(tmp_path / "Images")
     layout, caption_file, image_dir = detect_layout(tmp_path)
-    assert layout == "original" and caption_file.name == "Flickr8k.token.txt" and image_dir.name == "Images"
+    assert (
+        layout == "original"
+        and caption_file.name == "Flickr8k.token.txt"
+        and image_dir.name == "Images"
+    )
 
 
 def test_seeded_split_is_stable_and_proportional() -> None:
@@ -129,7 +147,9 @@ def test_seeded_split_is_stable_and_proportional() -> None:
     assert split["val"][:2] == EXPECTED_FIRST_VAL
     assert seeded_split(list(reversed(ids)), seed=0) == split  # input order does not matter
     assert seeded_split(ids, seed=1)["train"][:3] != split["train"][:3]
-    assert not set(split["train"]) & set(split["val"]) and not set(split["val"]) & set(split["test"])
+    assert not set(split["train"]) & set(split["val"]) and not set(split["val"]) & set(
+        split["test"]
+    )
     assert split_sizes(8091) == (6000, 1000, 1000)
     assert split_sizes(160) == (119, 20, 20)
 
@@ -181,7 +201,9 @@ def test_empty_caption_in_token_file(tmp_path: Path) -> None:
 
 def test_malformed_token_line(tmp_path: Path) -> None:
     make_original(tmp_path, n=2, extra_lines=("im1.jpg a caption without tab",))
-    with pytest.raises(DataError, match=r"Flickr8k\.token\.txt:5: expected 'IMAGE\.jpg#N<TAB>caption'"):
+    with pytest.raises(
+        DataError, match=r"Flickr8k\.token\.txt:5: expected 'IMAGE\.jpg#N<TAB>caption'"
+    ):
         load_annotations(tmp_path)
 
 
@@ -195,13 +217,20 @@ def test_kaggle_image_listed_but_missing(tmp_path: Path) -> None:
 
 
 def test_orphan_token_id_warns_once_and_is_skipped(tmp_path: Path) -> None:
-    orphans = ("2258277193_586949ec62.jpg.1#0\tA dog .", "2258277193_586949ec62.jpg.1#1\tA brown dog .")
+    orphans = (
+        "2258277193_586949ec62.jpg.1#0\tA dog .",
+        "2258277193_586949ec62.jpg.1#1\tA brown dog .",
+    )
     make_original(tmp_path, n=6, extra_lines=orphans)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ann = load_annotations(tmp_path)
     messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-    assert len(messages) == 1 and "2258277193_586949ec62.jpg.1" in messages[0] and "1 caption id" in messages[0]
+    assert (
+        len(messages) == 1
+        and "2258277193_586949ec62.jpg.1" in messages[0]
+        and "1 caption id" in messages[0]
+    )
     assert "2258277193_586949ec62.jpg.1" not in ann.captions and len(ann.captions) == 6
     assert ann.skipped == ["2258277193_586949ec62.jpg.1"]
 
@@ -211,7 +240,9 @@ def test_split_list_naming_unknown_image(tmp_path: Path) -> None:
     (tmp_path / SPLIT_LISTS[0]).write_text("\n".join(names[:3]) + "\nghost.jpg\n")
     (tmp_path / SPLIT_LISTS[1]).write_text(names[4] + "\n")
     (tmp_path / SPLIT_LISTS[2]).write_text(names[5] + "\n")
-    with pytest.raises(DataError, match=r"Flickr_8k\.trainImages\.txt:4: split list names ghost\.jpg"):
+    with pytest.raises(
+        DataError, match=r"Flickr_8k\.trainImages\.txt:4: split list names ghost\.jpg"
+    ):
         load_annotations(tmp_path)
 
 

@@ -30,15 +30,24 @@ class CountingEncoder(nn.Module):
 
 
 def make_dm(root: Path, cache_dir: Path, encoder: nn.Module, key: dict) -> Flickr8kDataModule:
-    dm = Flickr8kDataModule(root=str(root), cache_dir=str(cache_dir), image_size=32, batch_size=8,
-                            min_word_freq=1, cache_features=True, quiet=True)
+    dm = Flickr8kDataModule(
+        root=str(root),
+        cache_dir=str(cache_dir),
+        image_size=32,
+        batch_size=8,
+        min_word_freq=1,
+        cache_features=True,
+        quiet=True,
+    )
     dm.setup("fit")  # vocabulary first (the task sizes the model from it) ...
     dm.attach_feature_encoder(encoder, key)
     dm.setup("fit")  # ... then the cache
     return dm
 
 
-def test_features_equal_encoder_output_and_epochs_skip_encoder(shapes_root: Path, tmp_path: Path) -> None:
+def test_features_equal_encoder_output_and_epochs_skip_encoder(
+    shapes_root: Path, tmp_path: Path
+) -> None:
     enc = CountingEncoder()
     dm = make_dm(shapes_root, tmp_path / "cache", enc, {"arch": "counting", "grid": 2})
     assert enc.calls > 0  # built train + val caches
@@ -46,7 +55,9 @@ def test_features_equal_encoder_output_and_epochs_skip_encoder(shapes_root: Path
     for _ in range(2):
         for batch in dm.train_dataloader():
             assert "images" not in batch
-            assert batch["features"].shape[1:] == (4, 4) and batch["features"].dtype == torch.float32
+            assert (
+                batch["features"].shape[1:] == (4, 4) and batch["features"].dtype == torch.float32
+            )
     val = next(iter(dm.val_dataloader()))
     assert enc.calls == 0
 
@@ -89,11 +100,19 @@ def test_mismatched_cache_is_not_used(shapes_root: Path, tmp_path: Path) -> None
     assert load_feature_cache(tmp_path, ids, key_a, 32) is None
 
 
-def test_cache_features_without_encoder_is_a_config_error(shapes_root: Path, tmp_path: Path) -> None:
+def test_cache_features_without_encoder_is_a_config_error(
+    shapes_root: Path, tmp_path: Path
+) -> None:
     from imgcap.errors import ConfigError
 
-    dm = Flickr8kDataModule(root=str(shapes_root), cache_dir=str(tmp_path), image_size=32,
-                            min_word_freq=1, cache_features=True, quiet=True)
+    dm = Flickr8kDataModule(
+        root=str(shapes_root),
+        cache_dir=str(tmp_path),
+        image_size=32,
+        min_word_freq=1,
+        cache_features=True,
+        quiet=True,
+    )
     dm.setup("fit")
     assert dm.vocab is not None
     with pytest.raises(ConfigError, match="attach_feature_encoder"):

@@ -42,7 +42,14 @@ def test_eval_transform_shape_and_normalisation() -> None:
 
 
 def dm_for(root: Path, cache: Path, **kw) -> Flickr8kDataModule:
-    args = dict(root=str(root), cache_dir=str(cache), image_size=32, batch_size=8, min_word_freq=1, quiet=True)
+    args = dict(
+        root=str(root),
+        cache_dir=str(cache),
+        image_size=32,
+        batch_size=8,
+        min_word_freq=1,
+        quiet=True,
+    )
     return Flickr8kDataModule(**{**args, **kw})
 
 
@@ -67,7 +74,9 @@ def test_batches_have_documented_format(shapes_root: Path, tmp_path: Path, prelo
     val = next(iter(dm.val_dataloader()))
     assert set(val) == {"images", "references", "image_ids"}
     assert val["images"].shape == (3, 3, 32, 32)
-    assert len(val["references"]) == 3 and all(len(r) == 5 and isinstance(r[0], str) for r in val["references"])
+    assert len(val["references"]) == 3 and all(
+        len(r) == 5 and isinstance(r[0], str) for r in val["references"]
+    )
     test = next(iter(dm.test_dataloader()))
     assert test["image_ids"][0] in dm.annotations.splits["test"]
 
@@ -80,8 +89,15 @@ def test_preload_matches_file_decoding(shapes_root: Path, tmp_path: Path) -> Non
 
 
 def test_one_caption_per_image_truncation_and_workers(shapes_root: Path, tmp_path: Path) -> None:
-    dm = dm_for(shapes_root, tmp_path, captions_per_image=1, max_caption_len=4, num_workers=2,
-                persistent_workers=True, limit_train_images=10)
+    dm = dm_for(
+        shapes_root,
+        tmp_path,
+        captions_per_image=1,
+        max_caption_len=4,
+        num_workers=2,
+        persistent_workers=True,
+        limit_train_images=10,
+    )
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 10
     loader = dm.train_dataloader()
@@ -93,7 +109,11 @@ def test_one_caption_per_image_truncation_and_workers(shapes_root: Path, tmp_pat
         assert (ends == END_ID).all()
         seen += len(batch["image_ids"])
     assert seen == 10
-    assert not dm_for(shapes_root, tmp_path, num_workers=0, persistent_workers=True).train_dataloader().persistent_workers
+    assert (
+        not dm_for(shapes_root, tmp_path, num_workers=0, persistent_workers=True)
+        .train_dataloader()
+        .persistent_workers
+    )
 
 
 def test_vocabulary_is_cached_and_reused(shapes_root: Path, tmp_path: Path) -> None:
@@ -128,7 +148,9 @@ def test_synthetic_is_generated_then_reused(tmp_path: Path) -> None:
     dm = dm_for(root, tmp_path / "cache", **kw)
     dm.prepare_data()
     dm.setup("fit")
-    assert len(list((root / "Images").iterdir())) == 12 and len(dm.annotations.splits["train"]) == 10
+    assert (
+        len(list((root / "Images").iterdir())) == 12 and len(dm.annotations.splits["train"]) == 10
+    )
     stamp = (root / "shapes.json").stat().st_mtime_ns
     dm_for(root, tmp_path / "cache", **kw).prepare_data()
     assert (root / "shapes.json").stat().st_mtime_ns == stamp

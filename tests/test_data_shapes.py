@@ -15,8 +15,11 @@ from imgcap.data.vocab import Vocabulary
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
@@ -42,7 +45,9 @@ def test_boxes_match_pixels_and_captions(shapes_root: Path) -> None:
     ann = load_annotations(shapes_root)
     assert len(meta["images"]) == 40
     for name, shapes in meta["images"].items():
-        pixels = np.asarray(Image.open(shapes_root / "Images" / name).convert("RGB"), dtype=np.int32)
+        pixels = np.asarray(
+            Image.open(shapes_root / "Images" / name).convert("RGB"), dtype=np.int32
+        )
         assert pixels.shape == (32, 32, 3)
         for s in shapes:
             x0, y0, x1, y1 = s["box"]

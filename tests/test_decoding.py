@@ -117,7 +117,11 @@ def _mixed_batch_setup(k: int):
         dec = _decoder(end_bias)
         ref = _reference_batch(dec, feats, k, MAX_LEN)
         ended = {r.ended for r in ref}
-        if sum(r.n_ended_early for r in ref) and sum(r.n_cut for r in ref) and ended == {True, False}:
+        if (
+            sum(r.n_ended_early for r in ref)
+            and sum(r.n_cut for r in ref)
+            and ended == {True, False}
+        ):
             return dec, feats, ref
     pytest.fail("no <end> bias gave a batch with both early ends and max_len cuts")
 

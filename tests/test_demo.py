@@ -21,7 +21,9 @@ def word_accuracy(predictions: list[dict], truth: dict[str, list[dict]], vocabul
     hits = 0
     for p in predictions:
         said = Counter(w for w in p["hypothesis"].split() if w in vocabulary)
-        true = Counter(s[key] for s in truth[p["image"]] for key in ("colour", "shape") if s[key] in vocabulary)
+        true = Counter(
+            s[key] for s in truth[p["image"]] for key in ("colour", "shape") if s[key] in vocabulary
+        )
         hits += said == true
     return hits / len(predictions)
 
@@ -35,13 +37,16 @@ def test_demo_captions_are_correct_and_image_dependent(tmp_path):
     assert metrics["test/BLEU-4"] >= 0.80, metrics
 
     evaluation = compose_config(
-        tmp_path / "eval", "evaluate", [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", "num_workers=0", "meteor=false"]
+        tmp_path / "eval",
+        "evaluate",
+        [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", "num_workers=0", "meteor=false"],
     )
     tasks.evaluate(evaluation)
     predictions = json.loads((Path(evaluation.paths.output_dir) / "predictions.json").read_text())
     assert len(predictions) == 200
     assert metrics["test/BLEU-4"] == pytest.approx(
-        json.loads((Path(evaluation.paths.output_dir) / "metrics.json").read_text())["test/BLEU-4"], abs=1e-9
+        json.loads((Path(evaluation.paths.output_dir) / "metrics.json").read_text())["test/BLEU-4"],
+        abs=1e-9,
     )
 
     # The same captions scored against other images' references: a captioner that ignores the

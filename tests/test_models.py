@@ -315,7 +315,9 @@ def test_training_gradients_reach_every_layer_and_skip_padding():
     caps, lengths = _captions()
     logits, alphas = dec(feats, caps, lengths)
     targets = caps[:, 1:]
-    loss = nn.functional.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=PAD_ID)
+    loss = nn.functional.cross_entropy(
+        logits.reshape(-1, V), targets.reshape(-1), ignore_index=PAD_ID
+    )
     loss = loss + ((1 - alphas.sum(1)) ** 2).mean()
     loss.backward()
     for name, p in dec.named_parameters():

@@ -50,7 +50,9 @@ def test_overfits_twenty_images_and_reproduces_their_captions(shapes_root):
         optimizer.zero_grad()
         losses["loss"].backward()
         optimizer.step()
-    assert losses["xe"].item() < 0.02, f"cross-entropy still {losses['xe'].item():.3f} after {_step} steps"
+    assert losses["xe"].item() < 0.02, (
+        f"cross-entropy still {losses['xe'].item():.3f} after {_step} steps"
+    )
 
     model.eval()
     decoded, _ = model.caption_features(model.encoder(images), beam_size=1, max_len=20)
@@ -78,7 +80,9 @@ def test_optimizer_groups_follow_the_encoder_mode():
     optimizer = trainable.configure_optimizers()
     assert [g["lr"] for g in optimizer.param_groups] == [3e-3, 2e-3]
 
-    frozen = small_module(vocab, encoder={"arch": "small_cnn", "weights": None, "fine_tune": "frozen", "lr": 1e-4})
+    frozen = small_module(
+        vocab, encoder={"arch": "small_cnn", "weights": None, "fine_tune": "frozen", "lr": 1e-4}
+    )
     optimizer = frozen.configure_optimizers()
     assert len(optimizer.param_groups) == 1  # no encoder group while frozen
     encoder_ids = {id(p) for p in frozen.encoder.parameters()}
@@ -86,7 +90,11 @@ def test_optimizer_groups_follow_the_encoder_mode():
 
 
 def test_teacher_forcing_schedule_decays_linearly():
-    model = small_module(Vocabulary(["a"]), teacher_forcing_ratio=1.0, teacher_forcing_schedule={"end": 0.5, "epochs": 10})
+    model = small_module(
+        Vocabulary(["a"]),
+        teacher_forcing_ratio=1.0,
+        teacher_forcing_schedule={"end": 0.5, "epochs": 10},
+    )
 
     class FakeTrainer:
         current_epoch = 0
@@ -104,7 +112,10 @@ def test_saved_checkpoint_needs_no_pretrained_weights(tmp_path):
     """A checkpoint of a model built from downloaded weights must rebuild offline."""
     model = small_module(Vocabulary(["a"]))
     checkpoint = {"hyper_parameters": dict(model.hparams)}
-    checkpoint["hyper_parameters"]["encoder"] = {**model.hparams.encoder, "weights": "IMAGENET1K_V2"}
+    checkpoint["hyper_parameters"]["encoder"] = {
+        **model.hparams.encoder,
+        "weights": "IMAGENET1K_V2",
+    }
     model.on_save_checkpoint(checkpoint)
     assert checkpoint["hyper_parameters"]["encoder"]["weights"] is None
     assert model.hparams.encoder["fine_tune"] == "all"  # the live hyperparameters are untouched

@@ -76,7 +76,9 @@ def test_checkpoint_alone_rebuilds_the_model_on_cpu(trained_run):
 
 def test_evaluate_scores_equal_a_direct_metric_computation(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "best.ckpt"
-    cfg = compose_config(tmp_path, "evaluate", [f"ckpt={ckpt}", "beam_size=[1,3]", "num_workers=0", "meteor=false"])
+    cfg = compose_config(
+        tmp_path, "evaluate", [f"ckpt={ckpt}", "beam_size=[1,3]", "num_workers=0", "meteor=false"]
+    )
     metrics = tasks.evaluate(cfg)
     out = Path(cfg.paths.output_dir)
     written = json.loads((out / "metrics.json").read_text())
@@ -95,7 +97,13 @@ def test_evaluate_scores_equal_a_direct_metric_computation(trained_run, tmp_path
 def test_caption_writes_attention_png(trained_run, tmp_path):
     images = sorted((trained_run.parent / "data" / "shapes" / "Images").glob("*.jpg"))[:2]
     cfg = compose_config(
-        tmp_path, "caption", [f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}", f"images=[{images[0]},{images[1]}]", "attention=true"]
+        tmp_path,
+        "caption",
+        [
+            f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}",
+            f"images=[{images[0]},{images[1]}]",
+            "attention=true",
+        ],
     )
     results = tasks.caption(cfg)
     assert [r["image"] for r in results] == [str(p) for p in images]
@@ -106,7 +114,11 @@ def test_caption_writes_attention_png(trained_run, tmp_path):
 
 
 def test_caption_missing_image_is_one_clear_error(trained_run, tmp_path):
-    cfg = compose_config(tmp_path, "caption", [f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}", "images=[/nope/a.jpg]"])
+    cfg = compose_config(
+        tmp_path,
+        "caption",
+        [f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}", "images=[/nope/a.jpg]"],
+    )
     with pytest.raises(ImgcapError, match="/nope/a.jpg"):
         tasks.caption(cfg)
 
@@ -166,9 +178,15 @@ def test_wandb_offline_run_holds_metrics_and_samples_table(tmp_path, monkeypatch
 def test_multirun_writes_one_run_directory_per_job(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [
-        sys.executable, str(REPO / "train.py"), "-m", *TINY,
-        "trainer.max_epochs=1", "logger=csv", f"paths.root_dir={tmp_path}",
-        f"hydra.sweep.dir={sweep}", "model.attention_dim=16,32",
+        sys.executable,
+        str(REPO / "train.py"),
+        "-m",
+        *TINY,
+        "trainer.max_epochs=1",
+        "logger=csv",
+        f"paths.root_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep}",
+        "model.attention_dim=16,32",
     ]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -182,7 +200,12 @@ def test_multirun_writes_one_run_directory_per_job(tmp_path):
 
 @pytest.mark.slow
 def test_train_script_prints_one_line_for_a_missing_dataset(tmp_path):
-    cmd = [sys.executable, str(REPO / "train.py"), f"paths.root_dir={tmp_path}", "model.encoder.weights=null"]
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        f"paths.root_dir={tmp_path}",
+        "model.encoder.weights=null",
+    ]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]

@@ -75,7 +75,13 @@ def detect_layout(root: str | Path) -> tuple[str, Path, Path]:
     """Return ``(layout, caption_file, image_dir)`` for ``root`` or raise a :class:`DataError`."""
     root = Path(root)
     if not root.is_dir() or not any(root.iterdir()):
-        what = "does not exist" if not root.exists() else "is empty" if root.is_dir() else "is not a folder"
+        what = (
+            "does not exist"
+            if not root.exists()
+            else "is empty"
+            if root.is_dir()
+            else "is not a folder"
+        )
         raise DataError(f"dataset root {root} {what}: {MISSING_DATASET_HINT}")
     image_dir = _find_image_dir(root)
     candidates = [
@@ -110,7 +116,9 @@ def read_kaggle_captions(path: Path, image_dir: Path) -> dict[str, list[str]]:
         try:
             header = next(reader, None)
         except csv.Error as e:
-            raise DataError(f"{path}:1: cannot parse the CSV header ({e}); expected 'image,caption'") from None
+            raise DataError(
+                f"{path}:1: cannot parse the CSV header ({e}); expected 'image,caption'"
+            ) from None
         if header is None or [h.strip().lower() for h in header] != ["image", "caption"]:
             raise DataError(
                 f"{path}:1: expected the header 'image,caption', got {','.join(header or [])!r}; "
@@ -122,20 +130,24 @@ def read_kaggle_captions(path: Path, image_dir: Path) -> dict[str, list[str]]:
             except StopIteration:
                 break
             except csv.Error as e:
-                raise DataError(f"{path}:{reader.line_num}: malformed CSV row ({e}); fix or delete this line") from None
+                raise DataError(
+                    f"{path}:{reader.line_num}: malformed CSV row ({e}); fix or delete this line"
+                ) from None
             line = reader.line_num
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # blank lines (e.g. a trailing newline) carry nothing
             if len(row) != 2:
                 raise DataError(
                     f"{path}:{line}: expected 2 fields 'image,caption', got {len(row)}; "
-                    "quote captions that contain commas (\"...\") or fix this line"
+                    'quote captions that contain commas ("...") or fix this line'
                 )
             image, caption = row[0].strip(), row[1].strip()
             if not image:
                 raise DataError(f"{path}:{line}: empty image name; fix or delete this line")
             if not caption:
-                raise DataError(f"{path}:{line}: empty caption for {image}; fix or delete this line")
+                raise DataError(
+                    f"{path}:{line}: empty caption for {image}; fix or delete this line"
+                )
             captions.setdefault(image, []).append(caption)
             first_line.setdefault(image, line)
     present = _listdir(image_dir)
@@ -169,7 +181,9 @@ def read_token_file(path: Path, image_dir: Path) -> tuple[dict[str, list[str]], 
             image = key.rsplit("#", 1)[0].strip()
             caption = caption.strip()
             if not caption:
-                raise DataError(f"{path}:{line_no}: empty caption for {image}; fix or delete this line")
+                raise DataError(
+                    f"{path}:{line_no}: empty caption for {image}; fix or delete this line"
+                )
             captions.setdefault(image, []).append(caption)
     present = _listdir(image_dir)
     skipped = sorted(i for i in captions if i not in present)
@@ -185,7 +199,9 @@ def read_token_file(path: Path, image_dir: Path) -> tuple[dict[str, list[str]], 
     return captions, skipped
 
 
-def read_karpathy_json(path: Path, image_dir: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+def read_karpathy_json(
+    path: Path, image_dir: Path
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """Read Karpathy's ``dataset_flickr8k.json``; ``restval`` counts as train."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -250,7 +266,9 @@ def read_split_lists(paths: dict[str, Path], known: set[str] | dict) -> dict[str
                         "image; fix the list or restore the image"
                     )
                 if name in seen:
-                    raise DataError(f"{path}:{line_no}: {name} is already in the {seen[name]} split")
+                    raise DataError(
+                        f"{path}:{line_no}: {name} is already in the {seen[name]} split"
+                    )
                 seen[name] = split
                 names.append(name)
         splits[split] = names
@@ -276,7 +294,9 @@ def seeded_split(image_ids: list[str], seed: int = 0) -> dict[str, list[str]]:
     Sorting by ``sha256(f"{seed}:{name}")`` is a seeded permutation that depends on nothing but
     the names and the seed (not dict order, NumPy's RNG streams or the Python version).
     """
-    order = sorted(sorted(image_ids), key=lambda n: hashlib.sha256(f"{seed}:{n}".encode()).hexdigest())
+    order = sorted(
+        sorted(image_ids), key=lambda n: hashlib.sha256(f"{seed}:{n}".encode()).hexdigest()
+    )
     n_train, n_val, n_test = split_sizes(len(order))
     return {
         "train": order[:n_train],

@@ -41,7 +41,13 @@ from imgcap.data.transforms import check_image_file, eval_transform, train_trans
 from imgcap.data.vocab import Vocabulary
 from imgcap.errors import ConfigError, DataError
 
-_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",), None: ("train", "val", "test")}
+_STAGE_SPLITS = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("test",),
+    None: ("train", "val", "test"),
+}
 
 
 class Flickr8kDataModule(L.LightningDataModule):
@@ -75,13 +81,19 @@ class Flickr8kDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if str(captions_per_image) not in ("all", "1"):
-            raise ConfigError(f"data.captions_per_image must be 'all' or 1, got {captions_per_image!r}")
+            raise ConfigError(
+                f"data.captions_per_image must be 'all' or 1, got {captions_per_image!r}"
+            )
         if bad_images not in ("error", "skip"):
             raise ConfigError(f"data.bad_images must be 'error' or 'skip', got {bad_images!r}")
         if max_caption_len is not None and max_caption_len < 3:
-            raise ConfigError(f"data.max_caption_len must be >= 3 (<start>, a word, <end>), got {max_caption_len}")
+            raise ConfigError(
+                f"data.max_caption_len must be >= 3 (<start>, a word, <end>), got {max_caption_len}"
+            )
         if batch_size < 1 or image_size < 8:
-            raise ConfigError(f"data.batch_size must be >= 1 and data.image_size >= 8, got {batch_size}, {image_size}")
+            raise ConfigError(
+                f"data.batch_size must be >= 1 and data.image_size >= 8, got {batch_size}, {image_size}"
+            )
         self.root = Path(root).expanduser()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -169,7 +181,11 @@ class Flickr8kDataModule(L.LightningDataModule):
         params = self.synthetic or {}
         if is_complete_shapes_dataset(self.root, **params):
             return
-        has_other_data = self.root.is_dir() and any(self.root.iterdir()) and not (self.root / META_FILE).is_file()
+        has_other_data = (
+            self.root.is_dir()
+            and any(self.root.iterdir())
+            and not (self.root / META_FILE).is_file()
+        )
         if has_other_data:
             return  # a real dataset lives here: use it, never overwrite it
         if not self.quiet:
@@ -195,7 +211,9 @@ class Flickr8kDataModule(L.LightningDataModule):
         names = sorted({n for ids in ann.splits.values() for n in ids})
         quiet = self.quiet or len(names) < 1000
         bad: dict[str, str] = {}
-        for name in tqdm(names, desc="checking images", unit="img", disable=quiet, dynamic_ncols=True):
+        for name in tqdm(
+            names, desc="checking images", unit="img", disable=quiet, dynamic_ncols=True
+        ):
             reason = check_image_file(ann.image_dir / name)
             if reason is not None:
                 if self.bad_images == "error":
@@ -218,7 +236,9 @@ class Flickr8kDataModule(L.LightningDataModule):
         """``<cache_dir>/vocab-<hash>.json``; the hash covers the training captions and min_word_freq."""
         ann = self._load_annotations()
         train = ann.splits["train"]
-        payload = json.dumps({"train": [[n, ann.captions[n]] for n in train], "min_word_freq": self.min_word_freq})
+        payload = json.dumps(
+            {"train": [[n, ann.captions[n]] for n in train], "min_word_freq": self.min_word_freq}
+        )
         return self.cache_dir / f"vocab-{hashlib.sha256(payload.encode()).hexdigest()[:16]}.json"
 
     def _load_vocab(self) -> Vocabulary:
@@ -232,11 +252,16 @@ class Flickr8kDataModule(L.LightningDataModule):
                 return self._vocab
             except (OSError, ValueError, KeyError):
                 pass  # unreadable: rebuild and replace it
-        vocab = Vocabulary.build((c for n in ann.splits["train"] for c in ann.captions[n]), self.min_word_freq)
+        vocab = Vocabulary.build(
+            (c for n in ann.splits["train"] for c in ann.captions[n]), self.min_word_freq
+        )
         try:
             vocab.save(path)
         except OSError as e:
-            warnings.warn(f"cannot write the vocabulary to {path} ({e}); set data.cache_dir to a writable folder", stacklevel=2)
+            warnings.warn(
+                f"cannot write the vocabulary to {path} ({e}); set data.cache_dir to a writable folder",
+                stacklevel=2,
+            )
         self._vocab = vocab
         return vocab
 
@@ -244,7 +269,9 @@ class Flickr8kDataModule(L.LightningDataModule):
         ann = self._load_annotations()
         ids = ann.splits[split]
         if not ids:
-            raise DataError(f"{self.root}: the {split} split is empty; check the split lists or the data")
+            raise DataError(
+                f"{self.root}: the {split} split is empty; check the split lists or the data"
+            )
         train = split == "train"
         if self.cache_features:
             if self._encoder is None or self._encoder_key is None:
@@ -252,26 +279,54 @@ class Flickr8kDataModule(L.LightningDataModule):
                     "data.cache_features=true needs the frozen encoder: call dm.attach_feature_encoder(...) before setup"
                 )
             if train and self.augment:
-                warnings.warn("data.augment is ignored with data.cache_features=true (features are precomputed)", stacklevel=2)
+                warnings.warn(
+                    "data.augment is ignored with data.cache_features=true (features are precomputed)",
+                    stacklevel=2,
+                )
             try:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise DataError(f"cannot create the cache folder {self.cache_dir} ({e}); set data.cache_dir to a writable folder") from None
+                raise DataError(
+                    f"cannot create the cache folder {self.cache_dir} ({e}); set data.cache_dir to a writable folder"
+                ) from None
             store = build_feature_cache(
-                self.cache_dir, ids, ImageListDataset(ids, ImageFiles(ann.image_dir, eval_transform(self.image_size))),
-                self._encoder, self._encoder_key, self.image_size, batch_size=self.eval_batch_size,
-                num_workers=self.num_workers, quiet=self.quiet, desc=f"feature cache ({split})",
+                self.cache_dir,
+                ids,
+                ImageListDataset(ids, ImageFiles(ann.image_dir, eval_transform(self.image_size))),
+                self._encoder,
+                self._encoder_key,
+                self.image_size,
+                batch_size=self.eval_batch_size,
+                num_workers=self.num_workers,
+                quiet=self.quiet,
+                desc=f"feature cache ({split})",
             )
             source = CachedFeatures(store)
         elif self.preload:
-            source = PreloadedImages(ann.image_dir, ids, self.image_size, augment=train and self.augment,
-                                     quiet=self.quiet, desc=f"preload ({split})")
+            source = PreloadedImages(
+                ann.image_dir,
+                ids,
+                self.image_size,
+                augment=train and self.augment,
+                quiet=self.quiet,
+                desc=f"preload ({split})",
+            )
         else:
-            tf = train_transform(self.image_size, self.augment) if train else eval_transform(self.image_size)
+            tf = (
+                train_transform(self.image_size, self.augment)
+                if train
+                else eval_transform(self.image_size)
+            )
             source = ImageFiles(ann.image_dir, tf)
         if train:
-            return CaptionTrainDataset(ids, ann.captions, self._load_vocab(), source,
-                                       self.captions_per_image, self.max_caption_len)
+            return CaptionTrainDataset(
+                ids,
+                ann.captions,
+                self._load_vocab(),
+                source,
+                self.captions_per_image,
+                self.max_caption_len,
+            )
         return CaptionEvalDataset(ids, ann.captions, source)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:

@@ -50,13 +50,22 @@ class PreloadedImages:
 
     key = "images"
 
-    def __init__(self, image_dir: Path, image_ids: Sequence[str], image_size: int, augment: bool = False,
-                 quiet: bool = False, desc: str = "preload"):
+    def __init__(
+        self,
+        image_dir: Path,
+        image_ids: Sequence[str],
+        image_size: int,
+        augment: bool = False,
+        quiet: bool = False,
+        desc: str = "preload",
+    ):
         from tqdm.auto import tqdm
 
         self.row = {name: i for i, name in enumerate(image_ids)}
         self.pixels = torch.empty((len(image_ids), 3, image_size, image_size), dtype=torch.uint8)
-        for i, name in enumerate(tqdm(image_ids, desc=desc, unit="img", disable=quiet, dynamic_ncols=True)):
+        for i, name in enumerate(
+            tqdm(image_ids, desc=desc, unit="img", disable=quiet, dynamic_ncols=True)
+        ):
             self.pixels[i] = to_uint8(load_image(Path(image_dir) / name), image_size)
         self.transform = uint8_transform(image_size, augment)
 
@@ -92,15 +101,24 @@ class CaptionTrainDataset(Dataset):
     (torch's RNG, which DataLoader seeds per worker and per epoch).
     """
 
-    def __init__(self, image_ids: Sequence[str], captions: dict[str, list[str]], vocab: Vocabulary,
-                 source: Callable[[str], torch.Tensor], captions_per_image: str | int = "all",
-                 max_caption_len: int | None = None):
+    def __init__(
+        self,
+        image_ids: Sequence[str],
+        captions: dict[str, list[str]],
+        vocab: Vocabulary,
+        source: Callable[[str], torch.Tensor],
+        captions_per_image: str | int = "all",
+        max_caption_len: int | None = None,
+    ):
         self.image_ids = list(image_ids)
         self.source = source
         self.max_caption_len = max_caption_len
         self.vocab = vocab
         # Encode once: ids are small and re-normalising text in every epoch is wasted work.
-        self.encoded = {i: [encode_caption(vocab, c, max_caption_len) for c in captions[i]] for i in self.image_ids}
+        self.encoded = {
+            i: [encode_caption(vocab, c, max_caption_len) for c in captions[i]]
+            for i in self.image_ids
+        }
         self.one_per_image = str(captions_per_image) == "1"
         self.pairs = [(i, k) for i in self.image_ids for k in range(len(self.encoded[i]))]
 
@@ -113,13 +131,22 @@ class CaptionTrainDataset(Dataset):
             k = int(torch.randint(len(self.encoded[image_id]), ()).item())
         else:
             image_id, k = self.pairs[index]
-        return {self.source.key: self.source(image_id), "caption": self.encoded[image_id][k], "image_id": image_id}
+        return {
+            self.source.key: self.source(image_id),
+            "caption": self.encoded[image_id][k],
+            "image_id": image_id,
+        }
 
 
 class CaptionEvalDataset(Dataset):
     """One item per image with all its reference captions (raw strings)."""
 
-    def __init__(self, image_ids: Sequence[str], captions: dict[str, list[str]], source: Callable[[str], torch.Tensor]):
+    def __init__(
+        self,
+        image_ids: Sequence[str],
+        captions: dict[str, list[str]],
+        source: Callable[[str], torch.Tensor],
+    ):
         self.image_ids = list(image_ids)
         self.captions = captions
         self.source = source
@@ -129,7 +156,11 @@ class CaptionEvalDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_id = self.image_ids[index]
-        return {self.source.key: self.source(image_id), "references": list(self.captions[image_id]), "image_id": image_id}
+        return {
+            self.source.key: self.source(image_id),
+            "references": list(self.captions[image_id]),
+            "image_id": image_id,
+        }
 
 
 def _stack_input(samples: list[dict]) -> dict[str, torch.Tensor]:
@@ -152,7 +183,9 @@ def collate_train(samples: list[dict]) -> dict:
 def collate_eval(samples: list[dict]) -> dict:
     """List of eval items -> batch dict with ``references`` as a list of lists of strings."""
     batch = _stack_input(samples)
-    batch.update(references=[s["references"] for s in samples], image_ids=[s["image_id"] for s in samples])
+    batch.update(
+        references=[s["references"] for s in samples], image_ids=[s["image_id"] for s in samples]
+    )
     return batch
 
 

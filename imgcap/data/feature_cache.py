@@ -26,7 +26,12 @@ CACHE_VERSION = 1
 
 def cache_key(image_ids: Sequence[str], encoder_key: dict, image_size: int) -> str:
     """sha256 over everything the features depend on (json with sorted keys, so dict order is irrelevant)."""
-    payload = {"version": CACHE_VERSION, "image_ids": list(image_ids), "encoder": encoder_key, "image_size": int(image_size)}
+    payload = {
+        "version": CACHE_VERSION,
+        "image_ids": list(image_ids),
+        "encoder": encoder_key,
+        "image_size": int(image_size),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -67,7 +72,11 @@ def paths_for(cache_dir: Path, key: str, name: str = "features") -> tuple[Path, 
 
 
 def load_feature_cache(
-    cache_dir: str | os.PathLike, image_ids: Sequence[str], encoder_key: dict, image_size: int, name: str = "features"
+    cache_dir: str | os.PathLike,
+    image_ids: Sequence[str],
+    encoder_key: dict,
+    image_size: int,
+    name: str = "features",
 ) -> FeatureStore | None:
     """The matching cache, or None when absent, partial, or made for other ids/config/shape."""
     key = cache_key(image_ids, encoder_key, image_size)
@@ -81,7 +90,12 @@ def load_feature_cache(
         arr = np.load(npy, mmap_mode="r")
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if arr.shape != shape or arr.dtype != np.float16 or len(shape) != 3 or shape[0] != len(image_ids):
+    if (
+        arr.shape != shape
+        or arr.dtype != np.float16
+        or len(shape) != 3
+        or shape[0] != len(image_ids)
+    ):
         return None
     store = FeatureStore(npy, image_ids, shape)
     store._array = arr
@@ -124,23 +138,35 @@ def build_feature_cache(
     out = None
     row = 0
     try:
-        with tqdm(total=len(image_ids), desc=desc, unit="img", disable=quiet, dynamic_ncols=True) as bar:
+        with tqdm(
+            total=len(image_ids), desc=desc, unit="img", disable=quiet, dynamic_ncols=True
+        ) as bar:
             for batch in loader:
                 feats = encoder(batch.to(device))  # (B, P, C)
                 assert feats.dim() == 3, f"encoder must return (B, P, C), got {tuple(feats.shape)}"
                 if out is None:
                     shape = (len(image_ids), feats.shape[1], feats.shape[2])
-                    out = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.float16, shape=shape)
+                    out = np.lib.format.open_memmap(
+                        tmp_npy, mode="w+", dtype=np.float16, shape=shape
+                    )
                 out[row : row + len(feats)] = feats.float().cpu().numpy().astype(np.float16)
                 row += len(feats)
                 bar.update(len(feats))
-        assert out is not None and row == len(image_ids), "image dataset and id list differ in length"
+        assert out is not None and row == len(image_ids), (
+            "image dataset and id list differ in length"
+        )
         out.flush()
         shape = out.shape
         del out
         os.replace(tmp_npy, npy)
-        meta = {"key": key, "shape": list(shape), "dtype": "float16", "encoder": encoder_key,
-                "image_size": int(image_size), "image_ids": list(image_ids)}
+        meta = {
+            "key": key,
+            "shape": list(shape),
+            "dtype": "float16",
+            "encoder": encoder_key,
+            "image_size": int(image_size),
+            "image_ids": list(image_ids),
+        }
         tmp_index = index.with_name(f"{index.name}.partial-{os.getpid()}")
         tmp_index.write_text(json.dumps(meta))
         os.replace(tmp_index, index)  # the index is the commit marker: written last

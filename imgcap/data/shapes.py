@@ -26,7 +26,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40)}
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 210, 40),
+}
 SHAPES = ("circle", "square", "triangle")
 META_FILE = "shapes.json"
 FORMAT_VERSION = 2
@@ -65,7 +70,9 @@ def _params(num_images: int, image_size: int, seed: int, split: tuple[float, flo
     }
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: list[int], colour: tuple[int, int, int]) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, box: list[int], colour: tuple[int, int, int]
+) -> None:
     x0, y0, x1, y1 = box
     if shape == "circle":
         draw.ellipse(box, fill=colour)
@@ -79,7 +86,11 @@ def _place(rng: np.random.Generator, size: int, where: str) -> list[int]:
     """A square box (x0, y0, x1, y1), inclusive pixels, inside the given third/half of the image."""
     side = int(rng.integers(max(4, size * 22 // 100), max(5, size * 36 // 100) + 1))
     half = size // 2
-    lo, hi = {"left": (0, half - side), "right": (half, size - side), "middle": (size // 4, size - size // 4 - side)}[where]
+    lo, hi = {
+        "left": (0, half - side),
+        "right": (half, size - side),
+        "middle": (size // 4, size - size // 4 - side),
+    }[where]
     margin = max(1, size // 32)
     x0 = int(rng.integers(max(margin, lo), max(margin, hi - margin) + 1))
     y0 = int(rng.integers(margin, size - side - margin + 1))
@@ -98,10 +109,15 @@ def _make_image(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[
     # Two shapes always differ in colour or kind so every caption names them unambiguously.
     kinds: list[tuple[str, str]] = []
     while len(kinds) < n_shapes:
-        kind = (colour_names[int(rng.integers(len(colour_names)))], SHAPES[int(rng.integers(len(SHAPES)))])
+        kind = (
+            colour_names[int(rng.integers(len(colour_names)))],
+            SHAPES[int(rng.integers(len(SHAPES)))],
+        )
         if kind not in kinds:
             kinds.append(kind)
-    places = ["left", "right"] if n_shapes == 2 else [("left", "middle", "right")[int(rng.integers(3))]]
+    places = (
+        ["left", "right"] if n_shapes == 2 else [("left", "middle", "right")[int(rng.integers(3))]]
+    )
     records = []
     for (colour, shape), where in zip(kinds, places, strict=True):
         box = _place(rng, size, where)
@@ -133,7 +149,11 @@ def is_complete_shapes_dataset(
     if meta.get("params") != _params(num_images, image_size, seed, split):
         return False
     images = root / "Images"
-    return images.is_dir() and sum(1 for _ in images.iterdir()) == num_images and (root / "captions.txt").is_file()
+    return (
+        images.is_dir()
+        and sum(1 for _ in images.iterdir()) == num_images
+        and (root / "captions.txt").is_file()
+    )
 
 
 def generate_shapes(
@@ -187,9 +207,15 @@ def generate_shapes(
         # Images are i.i.d., so contiguous blocks are as good a split as any.
         n_train = int(round(num_images * split[0]))
         n_val = int(round(num_images * split[1]))
-        parts = {"train": names[:n_train], "dev": names[n_train : n_train + n_val], "test": names[n_train + n_val :]}
+        parts = {
+            "train": names[:n_train],
+            "dev": names[n_train : n_train + n_val],
+            "test": names[n_train + n_val :],
+        }
         for part, part_names in parts.items():
-            (tmp / "Flickr8k_text" / f"Flickr_8k.{part}Images.txt").write_text("".join(n + "\n" for n in part_names))
+            (tmp / "Flickr8k_text" / f"Flickr_8k.{part}Images.txt").write_text(
+                "".join(n + "\n" for n in part_names)
+            )
         # Written last: its presence marks a complete set.
         meta = {"params": params, "colours": COLOURS, "images": boxes}
         (tmp / META_FILE).write_text(json.dumps(meta, sort_keys=True, indent=0))

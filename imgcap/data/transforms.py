@@ -35,7 +35,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")  # convert() forces the full decode inside the try
     except FileNotFoundError:
-        raise DataError(f"image {path} does not exist; restore it or remove it from the captions") from None
+        raise DataError(
+            f"image {path} does not exist; restore it or remove it from the captions"
+        ) from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         raise DataError(
             f"cannot read image {path} ({e}); re-download it, or set data.bad_images=skip to leave it out"
@@ -77,10 +79,14 @@ def _resize_crop(image_size: int) -> list[Callable]:
 
 def eval_transform(image_size: int = 224) -> Callable[[Image.Image], torch.Tensor]:
     """PIL RGB image -> normalised float32 tensor (3, S, S); deterministic."""
-    return T.Compose([*_resize_crop(image_size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return T.Compose(
+        [*_resize_crop(image_size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
 
 
-def train_transform(image_size: int = 224, augment: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+def train_transform(
+    image_size: int = 224, augment: bool = False
+) -> Callable[[Image.Image], torch.Tensor]:
     """Like :func:`eval_transform`, plus (``augment``) a mild crop/scale and colour jitter."""
     if not augment:
         return eval_transform(image_size)
@@ -101,7 +107,9 @@ def to_uint8(image: Image.Image, image_size: int) -> torch.Tensor:
     return T.functional.pil_to_tensor(img)
 
 
-def uint8_transform(image_size: int, augment: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+def uint8_transform(
+    image_size: int, augment: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """uint8 (3, S, S) from :func:`to_uint8` -> normalised float32 (3, S, S), optionally augmented."""
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)

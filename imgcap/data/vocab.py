@@ -43,7 +43,9 @@ class Vocabulary:
         """Keep words seen at least ``min_word_freq`` times; order by count, then alphabetically
         (deterministic whatever order the captions arrive in)."""
         counts = Counter(w for c in captions for w in normalize_caption(c))
-        kept = sorted((w for w, n in counts.items() if n >= min_word_freq), key=lambda w: (-counts[w], w))
+        kept = sorted(
+            (w for w, n in counts.items() if n >= min_word_freq), key=lambda w: (-counts[w], w)
+        )
         return cls(kept)
 
     def __len__(self) -> int:
@@ -54,7 +56,9 @@ class Vocabulary:
 
     def encode(self, caption: str) -> list[int]:
         """Caption string -> ``[START_ID, ids..., END_ID]``; unknown words become ``UNK_ID``."""
-        return [START_ID] + [self.stoi.get(w, UNK_ID) for w in normalize_caption(caption)] + [END_ID]
+        return (
+            [START_ID] + [self.stoi.get(w, UNK_ID) for w in normalize_caption(caption)] + [END_ID]
+        )
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> words, stopping at the first ``<end>`` and dropping ``<start>``/``<pad>``."""

@@ -197,7 +197,7 @@ class AttentionLSTMDecoder(nn.Module):
         if lengths is not None:
             dec_len, order = dec_len.sort(descending=True, stable=True)
             features, captions = features[order], captions[order]
-        active = (dec_len.unsqueeze(0) > torch.arange(steps, device=device).unsqueeze(1))
+        active = dec_len.unsqueeze(0) > torch.arange(steps, device=device).unsqueeze(1)
         counts = active.sum(1).tolist()  # (T-1,) rows active per step; one host sync
 
         state = self.init_state(features)
@@ -215,7 +215,9 @@ class AttentionLSTMDecoder(nn.Module):
             else:
                 tokens = captions[:n, t]
                 if t > 0:
-                    use_pred = torch.rand(n, device=device, generator=generator) >= teacher_forcing_ratio
+                    use_pred = (
+                        torch.rand(n, device=device, generator=generator) >= teacher_forcing_ratio
+                    )
                     tokens = torch.where(use_pred, prev_pred[:n], tokens)
                 emb = self.embedding(tokens)  # (n, E)
             h, c, z, alpha = self.advance(emb, state)

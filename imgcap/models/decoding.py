@@ -174,9 +174,7 @@ def beam_search(
             )
         )
 
-    best = [
-        max(hyps, key=lambda h: h.score / h.length**length_penalty) for hyps in finished
-    ]
+    best = [max(hyps, key=lambda h: h.score / h.length**length_penalty) for hyps in finished]
     return DecodeResult(
         tokens=[h.tokens for h in best],
         alphas=[h.alphas for h in best],

@@ -190,9 +190,7 @@ def _parse_fine_tune(mode: FineTune, num_stages: int, arch: str) -> FineTune:
         raise ConfigError(f"encoder fine_tune must be 'frozen', 'all' or an int, got {mode!r}")
     if isinstance(mode, str):
         if mode not in ("frozen", "all"):
-            raise ConfigError(
-                f"encoder fine_tune must be 'frozen', 'all' or an int, got {mode!r}"
-            )
+            raise ConfigError(f"encoder fine_tune must be 'frozen', 'all' or an int, got {mode!r}")
         return mode
     if not 0 <= mode <= num_stages:
         raise ConfigError(
@@ -317,4 +315,3 @@ def build_encoder(
     else:
         _load_torchvision_weights(encoder, arch, weights)
     return encoder
-
