@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,13 @@ def train(cfg: DictConfig) -> float | None:
             # With an on-exception checkpoint Lightning looks for one to resume from and warns
             # when a fresh run has none; resuming is explicit here (ckpt_path=...).
             warnings.filterwarnings("ignore", message=r".*ckpt_path=.*")
-            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            try:
+                trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            except SystemExit:  # Lightning exits after a Ctrl-C, once its checkpoint is saved
+                resume = output_dir / "checkpoints" / "on_exception.ckpt"
+                if resume.is_file():
+                    print(f"interrupted: resume with ckpt_path={resume}", file=sys.stderr)
+                raise
         metrics = dict(model.best_val_scores)
         best_path = (
             trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

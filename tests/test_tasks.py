@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as L
 import pytest
 import torch
 from PIL import Image
@@ -211,3 +213,53 @@ def test_train_script_prints_one_line_for_a_missing_dataset(tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "experiment=demo" in errors[0]
     assert "Traceback" not in done.stderr
+
+
+class InterruptAt(L.Callback):
+    """Simulates Ctrl-C in the middle of an epoch."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_training_leaves_a_checkpoint_that_resumes(tmp_path):
+    interrupt = [
+        "+callbacks.interrupt._target_=tests.test_tasks.InterruptAt",
+        "+callbacks.interrupt.epoch=1",
+        "+callbacks.interrupt.batch=1",
+    ]
+    cfg = compose_train(tmp_path / "a", [*TINY, "trainer.max_epochs=3", "logger=none", *interrupt])
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning saves, cleans up, then exits with status 1
+            tasks.train(cfg)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C after the first
+    saved = Path(cfg.paths.output_dir) / "checkpoints" / "on_exception.ckpt"
+    assert saved.is_file()
+    state = torch.load(saved, map_location="cpu", weights_only=False)
+    assert (
+        state["epoch"] == 1 and state["global_step"] == 3 + 1
+    )  # 3 batches in epoch 0, 1 in epoch 1
+
+    resumed = compose_train(
+        tmp_path / "b", [*TINY, "trainer.max_epochs=3", "logger=none", f"ckpt_path={saved}"]
+    )
+    tasks.train(resumed)
+    metrics = json.loads((Path(resumed.paths.output_dir) / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and "test/BLEU-4" in metrics
+
+
+def test_predict_step_returns_captions_and_attention(trained_run):
+    model, _ = load_captioner(trained_run / "checkpoints" / "best.ckpt")
+    images = torch.randn(2, 3, 32, 32)
+    out = model.predict_step({"images": images, "image_ids": ["x.jpg", "y.jpg"]}, 0)
+    assert [o["image_id"] for o in out] == ["x.jpg", "y.jpg"]
+    for o in out:
+        assert o["words"] == o["caption"].split()
+        assert o["alphas"].shape[1] == 4  # a 2x2 grid
+        assert o["alphas"].shape[0] >= len(o["words"])
