@@ -58,8 +58,10 @@ def configure_wandb_environment() -> None:
         log.info("no W&B credentials found: logging offline (upload later with `wandb sync`)")
 
 
-def sweep_group() -> str | None:
-    """The multirun's directory name, used to group one sweep's W&B runs together."""
+def sweep_job() -> tuple[str, str] | None:
+    """(sweep directory name, this job's overrides) under a Hydra multirun, else None.
+
+    W&B groups a sweep's runs by the first and names each run by the second."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -68,7 +70,7 @@ def sweep_group() -> str | None:
         return None
     if str(hydra_cfg.mode) != "RunMode.MULTIRUN":
         return None
-    return Path(hydra_cfg.sweep.dir).name
+    return Path(hydra_cfg.sweep.dir).name, hydra_cfg.job.override_dirname or str(hydra_cfg.job.num)
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
@@ -78,7 +80,9 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
         if "WandbLogger" in logger_cfg.get("_target_", ""):
             configure_wandb_environment()
             watch = logger_cfg.pop("watch", None), logger_cfg.pop("watch_log_freq", 100)
-            logger_cfg["group"] = logger_cfg.get("group") or sweep_group()
+            group, name = sweep_job() or (None, None)
+            logger_cfg["group"] = logger_cfg.get("group") or group
+            logger_cfg["name"] = logger_cfg.get("name") or name
             logger = instantiate(logger_cfg)
             logger._imgcap_watch = watch
         else:

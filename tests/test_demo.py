@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from imgcap import tasks
+from imgcap.checkpoint import load_captioner
 from imgcap.data.shapes import COLOURS, SHAPES
+from imgcap.data.transforms import eval_transform, load_image
 from imgcap.metrics import compute_caption_metrics
 from tests.hydra_helpers import compose_config, compose_train
 
@@ -60,3 +62,24 @@ def test_demo_captions_are_correct_and_image_dependent(tmp_path):
     truth = json.loads((tmp_path / "data" / "shapes" / "shapes.json").read_text())["images"]
     assert word_accuracy(predictions, truth, set(COLOURS)) >= 0.9
     assert word_accuracy(predictions, truth, set(SHAPES)) >= 0.9
+
+    # Attention looks where the named shape is: for each colour word of a two-shape caption,
+    # the share of attention on the image half (left/right) holding that shape.
+    model, _ = load_captioner(run / "checkpoints" / "best.ckpt")
+    transform = eval_transform(64)
+    shares = []
+    for p in predictions[:100]:
+        shapes = truth[p["image"]]
+        if len(shapes) != 2:
+            continue
+        image = transform(load_image(tmp_path / "data" / "shapes" / "Images" / p["image"]))
+        captions, result = model.caption_features(model.encoder(image[None]))
+        grid = result.alphas[0].reshape(-1, 4, 4)  # (L, rows, cols) over the 64 px image
+        for position, word in enumerate(captions[0].split()):
+            named = [s for s in shapes if s["colour"] == word]
+            if len(named) == 1:
+                columns = slice(0, 2) if named[0]["position"] == "left" else slice(2, 4)
+                shares.append(grid[position, :, columns].sum().item())
+    assert len(shares) > 50
+    # An image-blind attention gives 0.5; the demo model measured 0.70 on 104 such words.
+    assert sum(shares) / len(shares) > 0.6, sum(shares) / len(shares)

@@ -115,6 +115,19 @@ def test_caption_writes_attention_png(trained_run, tmp_path):
             assert png.is_file() and Image.open(png).size[0] > 64
 
 
+def test_caption_takes_a_folder(trained_run, tmp_path):
+    folder = trained_run.parent / "data" / "shapes" / "Images"
+    cfg = compose_config(
+        tmp_path,
+        "caption",
+        [f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}", f"images={folder}", "beam_size=1"],
+    )
+    results = tasks.caption(cfg)
+    assert [r["image"] for r in results] == [str(p) for p in sorted(folder.glob("*.jpg"))]
+    written = json.loads((Path(cfg.paths.output_dir) / "captions.json").read_text())
+    assert written == results and "attention_png" not in written[0]
+
+
 def test_caption_missing_image_is_one_clear_error(trained_run, tmp_path):
     cfg = compose_config(
         tmp_path,
@@ -178,19 +191,19 @@ def test_wandb_offline_run_holds_metrics_and_samples_table(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_multirun_writes_one_run_directory_per_job(tmp_path):
-    sweep = tmp_path / "sweep"
+    sweep = tmp_path / "sweep-7f3a"
     cmd = [
         sys.executable,
         str(REPO / "train.py"),
         "-m",
         *TINY,
         "trainer.max_epochs=1",
-        "logger=csv",
+        "logger=wandb",
         f"paths.root_dir={tmp_path}",
         f"hydra.sweep.dir={sweep}",
         "model.attention_dim=16,32",
     ]
-    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
@@ -198,6 +211,11 @@ def test_multirun_writes_one_run_directory_per_job(tmp_path):
     for job in jobs:
         assert json.loads((job / "metrics.json").read_text())["test/BLEU-4"] >= 0.0
         assert (job / ".hydra" / "overrides.yaml").is_file()
+        # One W&B run per job, grouped by the sweep and named by the job's overrides.
+        (run,) = (job / "wandb").glob("offline-run-*")
+        log = next(run.glob("run-*.wandb")).read_bytes()
+        assert b"sweep-7f3a" in log
+        assert f"model.attention_dim={16 if job.name == '0' else 32}".encode() in log
 
 
 @pytest.mark.slow
