@@ -16,7 +16,8 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -32,6 +33,17 @@ METRIC_ORDER = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CI
 
 
 # ---------------------------------------------------------------------------------- helpers
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, but a user mistake found while building (an ImgcapError,
+    e.g. an unknown encoder arch) surfaces as itself rather than wrapped in Hydra's error."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ImgcapError):
+            raise err.__cause__ from None
+        raise
+
+
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON through a temp file + rename: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,6 +199,22 @@ def _device(accelerator: str) -> torch.device:
     return torch.device(accelerator)
 
 
+def beam_sizes(value: Any, default: int) -> list[int]:
+    """``beam_size=3`` or ``beam_size='[1,3,5]'`` -> a list of positive ints."""
+    if value is None:
+        value = default
+    values = list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else [value]
+    try:
+        sizes = [int(v) for v in values]
+    except (TypeError, ValueError):
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(
+            f"beam_size={value} must be a positive int or a list of them, e.g. beam_size='[1,3]'"
+        )
+    return sizes
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score a checkpoint on a split with one or more beam sizes, in one pass over the encoder.
 
@@ -197,15 +225,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     output_dir = Path(cfg.paths.output_dir)
     device = _device(cfg.accelerator)
-    model, run_config = load_captioner(cfg.ckpt, map_location=device)
-
-    beams = cfg.beam_size if cfg.beam_size is not None else model.hparams.beam_size
-    beams = [
-        int(b) for b in (beams if OmegaConf.is_list(beams) or isinstance(beams, list) else [beams])
-    ]
     split = cfg.split
     if split not in ("val", "test"):
         raise ConfigError(f"split={split!r} is not one of val, test")
+    model, run_config = load_captioner(cfg.ckpt, map_location=device)
+    beams = beam_sizes(cfg.beam_size, default=model.hparams.beam_size)
 
     data_cfg = OmegaConf.merge(run_config["data"], cfg.get("data") or {})
     data_cfg.cache_features = False  # one pass: the encoder runs on the images directly

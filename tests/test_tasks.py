@@ -16,7 +16,7 @@ from PIL import Image
 
 from imgcap import tasks
 from imgcap.checkpoint import load_captioner
-from imgcap.errors import CheckpointError, DataError, ImgcapError
+from imgcap.errors import CheckpointError, ConfigError, DataError, ImgcapError
 from imgcap.metrics import compute_caption_metrics
 from imgcap.module import CaptioningModule
 from tests.hydra_helpers import compose_config, compose_train
@@ -281,3 +281,23 @@ def test_predict_step_returns_captions_and_attention(trained_run):
         assert o["words"] == o["caption"].split()
         assert o["alphas"].shape[1] == 4  # a 2x2 grid
         assert o["alphas"].shape[0] >= len(o["words"])
+
+
+def test_bad_config_values_are_one_clear_error(tmp_path):
+    cfg = compose_train(tmp_path, [*TINY, "model.encoder.arch=resnet9", "logger=none"])
+    with pytest.raises(ConfigError, match="unknown encoder arch 'resnet9'"):
+        tasks.train(cfg)
+    cfg = compose_train(tmp_path, [*TINY, "data.bad_images=maybe", "logger=none"])
+    with pytest.raises(ConfigError, match="data.bad_images"):
+        tasks.train(cfg)
+
+
+@pytest.mark.parametrize("value", [0, "three", []])
+def test_bad_beam_sizes_are_rejected(value):
+    with pytest.raises(ConfigError, match="beam_size"):
+        tasks.beam_sizes(value, default=1)
+
+
+def test_beam_sizes_accept_one_or_many():
+    assert tasks.beam_sizes(None, default=3) == [3]
+    assert tasks.beam_sizes([1, 5], default=3) == [1, 5]
