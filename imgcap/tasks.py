@@ -247,7 +247,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     references: list[list[str]] = []
     image_ids: list[str] = []
     with torch.inference_mode():
-        for batch in tqdm(loader, desc=f"evaluate {split}", unit="batch"):
+        for batch in tqdm(
+            loader, desc=f"evaluate {split}", unit="batch", disable=cfg.get("quiet", False)
+        ):
             features = model.encode(
                 {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             )

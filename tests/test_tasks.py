@@ -301,3 +301,34 @@ def test_bad_beam_sizes_are_rejected(value):
 def test_beam_sizes_accept_one_or_many():
     assert tasks.beam_sizes(None, default=3) == [3]
     assert tasks.beam_sizes([1, 5], default=3) == [1, 5]
+
+
+def test_training_on_cached_features_never_runs_the_encoder_after_the_cache(tmp_path, monkeypatch):
+    cfg = compose_train(
+        tmp_path,
+        [
+            *TINY,
+            "data.cache_features=true",
+            "model.encoder.fine_tune=frozen",
+            "trainer.max_epochs=2",
+            "logger=none",
+        ],
+    )
+    calls = []
+    original = tasks.build_data_and_model
+
+    def build_and_count(cfg):
+        datamodule, model = original(cfg)  # the cache is built in here
+        model.encoder.register_forward_hook(
+            lambda *args: calls.append(model.trainer.state.stage.value)
+        )
+        return datamodule, model
+
+    monkeypatch.setattr(tasks, "build_data_and_model", build_and_count)
+    tasks.train(cfg)
+    # Only the test split's cache is filled after this point (in setup, before testing starts);
+    # every training and validation step reads cached features.
+    assert calls and set(calls) == {"test"}, calls
+    assert len(list((tmp_path / "data" / "shapes" / ".imgcap_cache").glob("*.npy"))) == 3
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "test/BLEU-4" in metrics
