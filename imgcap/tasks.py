@@ -235,6 +235,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     data_cfg.cache_features = False  # one pass: the encoder runs on the images directly
     data_cfg.num_workers = cfg.num_workers
     data_cfg.persistent_workers = False
+    data_cfg.quiet = bool(cfg.get("quiet", False))
     if cfg.batch_size:
         data_cfg.eval_batch_size = cfg.batch_size
     datamodule = instantiate(data_cfg)
