@@ -124,7 +124,7 @@ def build_data_and_model(cfg: DictConfig):
                 "data.cache_features=true needs a frozen encoder (model.encoder.fine_tune=frozen "
                 "and callbacks.encoder_fine_tuning.unfreeze_at_epoch=null); or set data.cache_features=false"
             )
-        key = {**model.encoder.config, "image_size": cfg.data.image_size}
+        key = {**model.encoder.cache_key(), "image_size": cfg.data.image_size}
         datamodule.attach_feature_encoder(model.encoder, key)
         datamodule.setup("fit")
     return datamodule, model

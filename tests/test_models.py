@@ -324,3 +324,13 @@ def test_training_gradients_reach_every_layer_and_skip_padding():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert feats.grad is not None
     assert (dec.embedding.weight.grad[PAD_ID] == 0).all()
+
+
+def test_cache_key_tells_random_inits_apart():
+    torch.manual_seed(0)
+    a = build_encoder("small_cnn", weights=None, encoded_size=2)
+    torch.manual_seed(1)
+    b = build_encoder("small_cnn", weights=None, encoded_size=2)
+    assert a.config == b.config
+    assert a.cache_key() != b.cache_key()
+    assert a.cache_key() == a.cache_key()  # stable for the same weights

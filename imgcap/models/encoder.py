@@ -84,6 +84,18 @@ class ImageEncoder(nn.Module):
             **self._extra_config,
         }
 
+    def cache_key(self) -> dict[str, Any]:
+        """``config`` plus, for random-init weights, a digest of the actual weights: two random
+        inits (another seed) share a config but not their features."""
+        key = dict(self.config)
+        if self.weights is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            key["weights_sha256"] = digest.hexdigest()[:16]
+        return key
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) float -> features (B, P, C), grid cells in row-major order."""
         assert images.dim() == 4 and images.shape[1] == 3, (
