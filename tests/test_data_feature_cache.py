@@ -12,6 +12,7 @@ from torch import nn
 from imgcap.data.datamodule import Flickr8kDataModule
 from imgcap.data.feature_cache import cache_key, load_feature_cache, paths_for
 from imgcap.data.transforms import eval_transform, load_image
+from tests.data_helpers import small_datamodule
 
 
 class CountingEncoder(nn.Module):
@@ -30,15 +31,7 @@ class CountingEncoder(nn.Module):
 
 
 def make_dm(root: Path, cache_dir: Path, encoder: nn.Module, key: dict) -> Flickr8kDataModule:
-    dm = Flickr8kDataModule(
-        root=str(root),
-        cache_dir=str(cache_dir),
-        image_size=32,
-        batch_size=8,
-        min_word_freq=1,
-        cache_features=True,
-        quiet=True,
-    )
+    dm = small_datamodule(root, cache_dir, cache_features=True)
     dm.setup("fit")  # vocabulary first (the task sizes the model from it) ...
     dm.attach_feature_encoder(encoder, key)
     dm.setup("fit")  # ... then the cache

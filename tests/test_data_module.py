@@ -12,6 +12,7 @@ from imgcap.data.datamodule import Flickr8kDataModule
 from imgcap.data.transforms import eval_transform, load_image
 from imgcap.data.vocab import END_ID, PAD_ID, START_ID, UNK_ID, Vocabulary
 from imgcap.errors import ConfigError, DataError
+from tests.data_helpers import small_datamodule
 
 
 def test_vocabulary_round_trip(tmp_path: Path) -> None:
@@ -41,21 +42,9 @@ def test_eval_transform_shape_and_normalisation() -> None:
     assert x.abs().max() < 0.05
 
 
-def dm_for(root: Path, cache: Path, **kw) -> Flickr8kDataModule:
-    args = dict(
-        root=str(root),
-        cache_dir=str(cache),
-        image_size=32,
-        batch_size=8,
-        min_word_freq=1,
-        quiet=True,
-    )
-    return Flickr8kDataModule(**{**args, **kw})
-
-
 @pytest.mark.parametrize("preload", [False, True])
 def test_batches_have_documented_format(shapes_root: Path, tmp_path: Path, preload: bool) -> None:
-    dm = dm_for(shapes_root, tmp_path, preload=preload, eval_batch_size=3)
+    dm = small_datamodule(shapes_root, tmp_path, preload=preload, eval_batch_size=3)
     dm.prepare_data()
     dm.setup("fit")
     assert isinstance(dm.vocab, Vocabulary) and 20 < len(dm.vocab) < 44
@@ -82,14 +71,17 @@ def test_batches_have_documented_format(shapes_root: Path, tmp_path: Path, prelo
 
 
 def test_preload_matches_file_decoding(shapes_root: Path, tmp_path: Path) -> None:
-    a, b = dm_for(shapes_root, tmp_path), dm_for(shapes_root, tmp_path, preload=True)
+    a, b = (
+        small_datamodule(shapes_root, tmp_path),
+        small_datamodule(shapes_root, tmp_path, preload=True),
+    )
     a.setup("validate")
     b.setup("validate")
     torch.testing.assert_close(a.datasets["val"][0]["images"], b.datasets["val"][0]["images"])
 
 
 def test_one_caption_per_image_truncation_and_workers(shapes_root: Path, tmp_path: Path) -> None:
-    dm = dm_for(
+    dm = small_datamodule(
         shapes_root,
         tmp_path,
         captions_per_image=1,
@@ -110,29 +102,29 @@ def test_one_caption_per_image_truncation_and_workers(shapes_root: Path, tmp_pat
         seen += len(batch["image_ids"])
     assert seen == 10
     assert (
-        not dm_for(shapes_root, tmp_path, num_workers=0, persistent_workers=True)
+        not small_datamodule(shapes_root, tmp_path, num_workers=0, persistent_workers=True)
         .train_dataloader()
         .persistent_workers
     )
 
 
 def test_vocabulary_is_cached_and_reused(shapes_root: Path, tmp_path: Path) -> None:
-    dm = dm_for(shapes_root, tmp_path)
+    dm = small_datamodule(shapes_root, tmp_path)
     dm.setup("fit")
     path = dm.vocab_path()
     assert path.parent == tmp_path and Vocabulary.load(path) == dm.vocab
     stamp = path.stat().st_mtime_ns
-    again = dm_for(shapes_root, tmp_path)
+    again = small_datamodule(shapes_root, tmp_path)
     again.setup("fit")
     assert again.vocab == dm.vocab and path.stat().st_mtime_ns == stamp
-    other = dm_for(shapes_root, tmp_path, min_word_freq=30)
+    other = small_datamodule(shapes_root, tmp_path, min_word_freq=30)
     other.setup("fit")
     assert other.vocab_path() != path and len(other.vocab) < len(dm.vocab)
 
 
 def test_given_vocabulary_is_not_rebuilt(shapes_root: Path, tmp_path: Path) -> None:
     given = Vocabulary(["a", "red", "circle"])
-    dm = dm_for(shapes_root, tmp_path)
+    dm = small_datamodule(shapes_root, tmp_path)
     dm.vocab = given
     dm.prepare_data()
     dm.setup("fit")
@@ -145,14 +137,14 @@ def test_given_vocabulary_is_not_rebuilt(shapes_root: Path, tmp_path: Path) -> N
 def test_synthetic_is_generated_then_reused(tmp_path: Path) -> None:
     root = tmp_path / "shapes"
     kw = dict(synthetic={"num_images": 12, "image_size": 32, "seed": 1})
-    dm = dm_for(root, tmp_path / "cache", **kw)
+    dm = small_datamodule(root, tmp_path / "cache", **kw)
     dm.prepare_data()
     dm.setup("fit")
     assert (
         len(list((root / "Images").iterdir())) == 12 and len(dm.annotations.splits["train"]) == 10
     )
     stamp = (root / "shapes.json").stat().st_mtime_ns
-    dm_for(root, tmp_path / "cache", **kw).prepare_data()
+    small_datamodule(root, tmp_path / "cache", **kw).prepare_data()
     assert (root / "shapes.json").stat().st_mtime_ns == stamp
 
 
