@@ -112,8 +112,6 @@ class CaptionTrainDataset(Dataset):
     ):
         self.image_ids = list(image_ids)
         self.source = source
-        self.max_caption_len = max_caption_len
-        self.vocab = vocab
         # Encode once: ids are small and re-normalising text in every epoch is wasted work.
         self.encoded = {
             i: [encode_caption(vocab, c, max_caption_len) for c in captions[i]]
