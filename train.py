@@ -1,12 +1,17 @@
 """`python train.py [overrides]`: see conf/train.yaml and the README."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from imgcap import tasks
 from imgcap.cli import prepare_environment, run_task
+from imgcap.resume import resume_arguments
 
 prepare_environment(__file__)
+# `ckpt_path=` alone resumes the run it came from, in its own directory.
+sys.argv[1:] = resume_arguments(sys.argv[1:])
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

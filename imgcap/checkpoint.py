@@ -1,12 +1,21 @@
-"""Checkpoints that carry their own run configuration.
+"""Checkpoints that carry their own run configuration, read without running any code.
 
 A training checkpoint holds, besides Lightning's usual content (weights, hyperparameters with
 the vocabulary), the resolved run config under ``checkpoint["imgcap"]``, so evaluation and
 captioning need nothing but the file: the data settings (image size, dataset root) come from it.
+
+Every checkpoint is read with ``torch.load(..., weights_only=True)``: a file may only hold
+tensors and plain Python values (dicts, lists, strings, numbers). Pickled objects, whose
+unpickling could run arbitrary code, are refused before anything in them runs. Training writes
+nothing else: partials stay out of the hyperparameters, configs are stored as plain dicts and
+RNG states as tensors and lists.
 """
 
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,32 +28,57 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINT_KEY = "imgcap"
 
 
-def run_config_entry(run_config: dict[str, Any]) -> dict[str, Any]:
-    """What training stores under ``checkpoint["imgcap"]``."""
-    return {"format": CHECKPOINT_FORMAT, "config": run_config}
+def run_config_entry(
+    run_config: dict[str, Any], overrides: list[str] | None = None, choices: dict | None = None
+) -> dict[str, Any]:
+    """What training stores under ``checkpoint["imgcap"]``: the resolved run config, and the
+    command-line overrides and config-group choices it was composed from (for resuming)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": run_config,
+        "overrides": list(overrides or []),
+        "choices": dict(choices or {}),
+    }
 
 
-def load_captioner(path: str | Path, map_location: str | torch.device = "cpu"):
-    """Rebuild the captioning module and its run config from a checkpoint file alone.
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else err.__class__.__name__
 
-    Returns ``(module in eval mode, run_config dict)``. Raises CheckpointError with one line
-    naming the file when it is missing, unreadable or from an incompatible version.
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file safely (``weights_only=True``) and check it is an imgcap one.
+
+    Returns the checkpoint dict. Raises :class:`CheckpointError` with one line naming the file
+    when it is missing, truncated, not a checkpoint, holds pickled objects (refused, never run),
+    or comes from another program or an incompatible version.
     """
-    from imgcap.module import CaptioningModule  # Lightning import kept off the models' path
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(
-            f"checkpoint not found: {path} (pass ckpt=outputs/runs/<date>/<time>/checkpoints/best.ckpt)"
+            f"checkpoint not found: {path} (pass a file such as "
+            "outputs/runs/<date>/<time>/checkpoints/best.ckpt)"
         )
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # a truncated download or a file of another kind
+        with warnings.catch_warnings():  # torch's notes on old pickle protocols: noise here
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only refuses any global it does not know (a class, a function such as
+        # os.system) before calling it: nothing in the file has run.
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = f"`{found.group(1)}`" if found else "objects beyond tensors and plain values"
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {err.__class__.__name__}: {err}"
-        ) from err
+            f"refusing to load {path}: it asks to unpickle {what}, which could run code; "
+            "nothing in it was run. Use a checkpoint written by `python train.py`"
+        ) from None
+    except Exception as err:  # truncated, another format, random bytes: one line, not a traceback
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({err.__class__.__name__}: {_first_line(err)[:160]}); "
+            "the file is truncated or not a checkpoint: copy or download it again"
+        ) from None
     entry = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
-    if not entry or "hyper_parameters" not in checkpoint:
+    if not isinstance(entry, dict) or "hyper_parameters" not in checkpoint:
         raise CheckpointError(
             f"{path} is not an imgcap training checkpoint (no '{CHECKPOINT_KEY}' entry); "
             "use a checkpoint written by `python train.py`"
@@ -52,16 +86,29 @@ def load_captioner(path: str | Path, map_location: str | torch.device = "cpu"):
     if entry.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} has checkpoint format {entry.get('format')}, this imgcap reads format "
-            f"{CHECKPOINT_FORMAT}; evaluate it with the imgcap version that trained it"
+            f"{CHECKPOINT_FORMAT}; use it with the imgcap version that trained it"
         )
+    return checkpoint
+
+
+def load_captioner(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild the captioning module and its run config from a checkpoint file alone.
+
+    Returns ``(module in eval mode, run_config dict)``. Raises CheckpointError with one line
+    naming the file when it is missing, unreadable, unsafe or from an incompatible version.
+    """
+    from imgcap.module import CaptioningModule  # Lightning import kept off the models' path
+
+    path = Path(path).expanduser()
+    checkpoint = read_checkpoint(path, map_location)
     try:
         model = CaptioningModule(**checkpoint["hyper_parameters"])
         model.load_state_dict(checkpoint["state_dict"])
-    except (TypeError, RuntimeError, KeyError) as err:
+    except (TypeError, RuntimeError, KeyError, ValueError) as err:
         raise CheckpointError(
             f"{path} does not match this version's model ({err.__class__.__name__}: "
-            f"{str(err).splitlines()[0]}); evaluate it with the imgcap version that trained it"
-        ) from err
+            f"{_first_line(err)}); use it with the imgcap version that trained it"
+        ) from None
     model.to(map_location)
     model.eval()
-    return model, entry["config"]
+    return model, checkpoint[CHECKPOINT_KEY]["config"]

@@ -19,3 +19,19 @@ class ConfigError(ImgcapError, ValueError):
 
 class CheckpointError(ImgcapError, ValueError):
     """A checkpoint that cannot be loaded by this version of imgcap."""
+
+
+class DivergenceError(ImgcapError):
+    """Training produced a non-finite loss or non-finite weights."""
+
+
+class Interrupted(SystemExit):
+    """Training stopped on SIGTERM/SIGINT (or Ctrl-C) after saving a checkpoint to resume from.
+
+    A SystemExit whose ``code`` is the shell convention for a death by that signal (128 + its
+    number: 143 for SIGTERM, 130 for SIGINT), so schedulers and ``train && evaluate`` pipelines
+    see a failure; ``message`` is the one line for the user (what was saved, how to resume)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(exit_code)
+        self.message = message

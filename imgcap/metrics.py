@@ -446,6 +446,12 @@ class CaptionMetric(Metric):
         for name in self._STRING_STATES:
             self.add_state(name, default=[], dist_reduce_fx=None)
 
+    def __hash__(self) -> int:
+        # torchmetrics hashes the state values, and the references state holds lists: Lightning's
+        # teardown after an error (or Ctrl-C) would then raise TypeError and hide the original
+        # error. Identity is what a hash of a stateful object should mean anyway.
+        return hash((self.__class__.__name__, id(self)))
+
     def update(
         self,
         hypotheses: Sequence[str],

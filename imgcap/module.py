@@ -169,8 +169,15 @@ class CaptioningModule(L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def on_train_start(self) -> None:
-        # The sanity check ran on an untrained model: its score is not a "best so far".
+        # The sanity check ran on an untrained model: its score is not a "best so far" (but
+        # the best of the epochs before a resume is).
+        self._restore_val_best()
+
+    def _restore_val_best(self) -> None:
         self.val_best.reset()
+        key = "val/" + self.hparams.monitor.split("/", 1)[-1]
+        if key in self.best_val_scores:
+            self.val_best(torch.tensor(float(self.best_val_scores[key])))
 
     def _eval_step(self, batch: dict[str, Any], metric: CaptionMetric) -> dict[str, Any]:
         hypotheses, result = self.caption_features(self.encode(batch))
@@ -222,6 +229,20 @@ class CaptioningModule(L.LightningModule):
         # fetch pretrained weights again (offline machines could not).
         encoder = checkpoint["hyper_parameters"]["encoder"]
         checkpoint["hyper_parameters"]["encoder"] = {**encoder, "weights": None}
+        # The best-so-far scores live outside the state dict; a resumed run needs them to
+        # report the same best epoch as an uninterrupted one.
+        checkpoint["imgcap_scores"] = {
+            "best_val_scores": dict(self.best_val_scores),
+            "latest_scores": {k: dict(v) for k, v in self.latest_scores.items()},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        scores = checkpoint.get("imgcap_scores")
+        if not scores:
+            return
+        self.best_val_scores = dict(scores["best_val_scores"])
+        self.latest_scores = {k: dict(v) for k, v in scores["latest_scores"].items()}
+        self._restore_val_best()
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

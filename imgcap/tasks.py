@@ -20,11 +20,14 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from imgcap.callbacks import RunConfigInCheckpoint
+from imgcap.callbacks import FiniteGuard, InterruptCheckpoint, RngState, RunConfigInCheckpoint
 from imgcap.checkpoint import load_captioner
-from imgcap.errors import ConfigError, ImgcapError
+from imgcap.config_checks import check_train_config
+from imgcap.errors import ConfigError, ImgcapError, Interrupted
+from imgcap.resume import job_overrides, resume_config, signal_stop
 from imgcap.metrics import compute_caption_metrics
 
 log = logging.getLogger(__name__)
@@ -132,7 +135,15 @@ def build_data_and_model(cfg: DictConfig):
 
 # ---------------------------------------------------------------------------------- train
 def train(cfg: DictConfig) -> float | None:
-    """Fit, then test the best checkpoint; write ``metrics.json``; return ``optimized_metric``."""
+    """Fit, then test the best checkpoint; write ``metrics.json``; return ``optimized_metric``.
+
+    With ``ckpt_path=`` the run the checkpoint came from resumes, in its own directory and with
+    its own config (see :mod:`imgcap.resume`); without it a fresh run starts, never a resume.
+    """
+    if cfg.get("ckpt_path"):
+        cfg = resume_config(cfg)  # reads the checkpoint safely: one line when it is bad
+    check_train_config(cfg)
+    resume_from = cfg.get("ckpt_path") or None
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -140,7 +151,12 @@ def train(cfg: DictConfig) -> float | None:
     datamodule, model = build_data_and_model(cfg)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     loggers = build_loggers(cfg)
-    callbacks = build_callbacks(cfg, has_logger=bool(loggers)) + [RunConfigInCheckpoint(run_config)]
+    overrides, choices = job_overrides()
+    callbacks = build_callbacks(cfg, has_logger=bool(loggers)) + [
+        RunConfigInCheckpoint(run_config, overrides, choices),
+        RngState(),
+        FiniteGuard(),
+    ]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(run_config)
@@ -149,25 +165,32 @@ def train(cfg: DictConfig) -> float | None:
             logger.watch(model, log=watch, log_freq=freq)
 
     try:
-        with warnings.catch_warnings():
-            # With an on-exception checkpoint Lightning looks for one to resume from and warns
-            # when a fresh run has none; resuming is explicit here (ckpt_path=...).
+        with warnings.catch_warnings(), signal_stop(trainer) as stop:
+            # Resuming mid-epoch is exact here (the sampler restarts at the checkpoint's
+            # position), which Lightning cannot see and warns about.
+            warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")
             warnings.filterwarnings("ignore", message=r".*ckpt_path=.*")
             try:
-                trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-            except SystemExit:  # Lightning exits after a Ctrl-C, once its checkpoint is saved
-                resume = output_dir / "checkpoints" / "on_exception.ckpt"
-                if resume.is_file():
-                    print(f"interrupted: resume with ckpt_path={resume}", file=sys.stderr)
-                raise
-        metrics = dict(model.best_val_scores)
-        best_path = (
-            trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        )
-        if cfg.get("test"):
-            # Without a checkpoint (fast_dev_run) the final weights are tested.
-            trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None)
-            metrics.update({f"test/{k}": v for k, v in model.latest_scores.get("test", {}).items()})
+                trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+                if stop.signum is not None:  # arrived after the last safe point of fitting
+                    raise SIGTERMException()
+                metrics = dict(model.best_val_scores)
+                best_path = (
+                    trainer.checkpoint_callback.best_model_path
+                    if trainer.checkpoint_callback
+                    else ""
+                )
+                if cfg.get("test"):
+                    # Without a checkpoint (fast_dev_run) the final weights are tested.
+                    trainer.test(
+                        model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True
+                    )
+                    if stop.signum is not None:
+                        raise SIGTERMException()
+                    test_scores = model.latest_scores.get("test", {})
+                    metrics.update({f"test/{k}": v for k, v in test_scores.items()})
+            except (SystemExit, KeyboardInterrupt) as err:
+                raise interrupted(trainer, stop, output_dir) from err
         metrics["best_checkpoint"] = best_path or None
         metrics["epochs"] = trainer.current_epoch
         write_json(output_dir / "metrics.json", metrics)
@@ -179,6 +202,27 @@ def train(cfg: DictConfig) -> float | None:
         print(format_scores(test_scores, f"test scores ({output_dir / 'metrics.json'}):"))
     objective = cfg.get("optimized_metric")
     return metrics.get(objective) if objective else None
+
+
+def interrupted(trainer: L.Trainer, stop: Any, output_dir: Path) -> Interrupted:
+    """The one line (and exit status) for a run stopped by a signal or Ctrl-C."""
+    saved = next(
+        (cb.saved for cb in trainer.callbacks if isinstance(cb, InterruptCheckpoint) and cb.saved),
+        None,
+    )
+    if saved is None:  # stopped while testing: training itself is complete
+        last = output_dir / "checkpoints" / "last.ckpt"
+        saved = last if last.is_file() else None
+    where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+    if saved is None:
+        message = f"interrupted by {stop.name} at {where}; no checkpoint to resume from was written"
+    else:
+        message = (
+            f"interrupted by {stop.name} at {where}; saved {saved}. "
+            f"Resume with: python train.py ckpt_path={saved}"
+        )
+    print(message, file=sys.stderr)
+    return Interrupted(message, stop.exit_code)
 
 
 def finish_wandb(loggers: list) -> None:

@@ -240,7 +240,10 @@ class InterruptAt(L.Callback):
         self.epoch, self.batch = epoch, batch
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+        # The run config (this callback included) travels in the checkpoint: a resumed run
+        # must not be interrupted again.
+        resumed = trainer.ckpt_path is not None
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch and not resumed:
             raise KeyboardInterrupt
 
 
@@ -268,7 +271,8 @@ def test_interrupted_training_leaves_a_checkpoint_that_resumes(tmp_path):
         tmp_path / "b", [*TINY, "trainer.max_epochs=3", "logger=none", f"ckpt_path={saved}"]
     )
     tasks.train(resumed)
-    metrics = json.loads((Path(resumed.paths.output_dir) / "metrics.json").read_text())
+    # ckpt_path= continues the run it came from, in its own directory.
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and "test/BLEU-4" in metrics
 
 

@@ -36,6 +36,7 @@ from imgcap.data.datasets import (
     collate_train,
 )
 from imgcap.data.feature_cache import build_feature_cache
+from imgcap.data.sampler import ResumableSampler
 from imgcap.data.shapes import META_FILE, generate_shapes, is_complete_shapes_dataset
 from imgcap.data.transforms import check_image_file, eval_transform, train_transform
 from imgcap.data.vocab import Vocabulary
@@ -78,6 +79,7 @@ class Flickr8kDataModule(L.LightningDataModule):
         limit_train_images: int | None = None,
         synthetic: dict[str, Any] | None = None,
         quiet: bool = False,
+        shuffle_seed: int = 0,
     ):
         super().__init__()
         if str(captions_per_image) not in ("all", "1"):
@@ -113,6 +115,10 @@ class Flickr8kDataModule(L.LightningDataModule):
         self.limit_train_images = limit_train_images
         self.synthetic = dict(synthetic) if synthetic else None
         self.quiet = quiet
+        self.shuffle_seed = int(shuffle_seed)
+        # Where the training order resumes (epoch, items already seen), from a checkpoint.
+        self._resume_position: tuple[int, int] | None = None
+        self._train_sampler: ResumableSampler | None = None
 
         self.annotations: Annotations | None = None
         self._vocab: Vocabulary | None = None
@@ -165,6 +171,27 @@ class Flickr8kDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)
+
+    # ------------------------------------------------------------------ resuming
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training order stands: ``{"epoch", "position"}`` (items already trained on
+        in that epoch), saved in every checkpoint so a resumed run continues the same order."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or self._train_sampler is None:
+            return {}
+        epoch = int(trainer.current_epoch)
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+        position = done * self.batch_size
+        if position >= self._train_sampler.num_items:
+            epoch, position = epoch + 1, 0  # the epoch's batches are all done: next one's start
+        return {"epoch": epoch, "position": position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self._resume_position = (int(state["epoch"]), int(state["position"]))
+            if self._train_sampler is not None:
+                self._train_sampler.resume_at(*self._resume_position)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size)
@@ -336,10 +363,27 @@ class Flickr8kDataModule(L.LightningDataModule):
                     "data.cache_features=true needs the frozen encoder: call dm.attach_feature_encoder(...) before the loaders"
                 )
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        dataset = self.datasets[split]
+        # The loader's own generator: making an iterator then draws nothing from the global RNG
+        # (which dropout and scheduled sampling use), so resuming a run reproduces it exactly.
+        generator = torch.Generator().manual_seed(self.shuffle_seed)
+        sampler = None
+        if shuffle:
+            sampler = ResumableSampler(
+                len(dataset),
+                seed=self.shuffle_seed,
+                captions_per_item=getattr(dataset, "captions_per_item", lambda: None)(),
+                loader_generator=generator,
+            )
+            if self._resume_position is not None:
+                sampler.resume_at(*self._resume_position)
+                self._resume_position = None
+            self._train_sampler = sampler
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
+            generator=generator,
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

@@ -98,7 +98,8 @@ class CaptionTrainDataset(Dataset):
 
     ``captions_per_image="all"``: one item per (image, caption) pair, so an epoch sees every caption.
     ``captions_per_image=1``: one item per image with a caption drawn at random on every access
-    (torch's RNG, which DataLoader seeds per worker and per epoch).
+    (torch's RNG), or chosen by the sampler when it passes ``(image position, caption)`` keys,
+    as the training loader does (so fetching data never draws from the global RNG).
     """
 
     def __init__(
@@ -123,8 +124,18 @@ class CaptionTrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids) if self.one_per_image else len(self.pairs)
 
-    def __getitem__(self, index: int) -> dict:
-        if self.one_per_image:
+    def captions_per_item(self) -> list[int] | None:
+        """With one caption per image: how many captions each item (image) can draw from, for
+        a sampler that picks them (see :class:`~imgcap.data.sampler.ResumableSampler`)."""
+        if not self.one_per_image:
+            return None
+        return [len(self.encoded[i]) for i in self.image_ids]
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        if isinstance(index, tuple):  # (image position, caption number), drawn by the sampler
+            image_id = self.image_ids[index[0]]
+            k = index[1]
+        elif self.one_per_image:
             image_id = self.image_ids[index]
             k = int(torch.randint(len(self.encoded[image_id]), ()).item())
         else:

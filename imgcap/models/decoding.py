@@ -174,7 +174,13 @@ def beam_search(
             )
         )
 
-    best = [max(hyps, key=lambda h: h.score / h.length**length_penalty) for hyps in finished]
+    # A degenerate model (e.g. NaN weights after divergence) can leave an image with no finite
+    # hypothesis at all: it gets an empty caption rather than a crash.
+    empty = _Hypothesis(float("-inf"), 1, [], features.new_zeros(0, P), False)
+    best = [
+        max(hyps, key=lambda h: h.score / h.length**length_penalty) if hyps else empty
+        for hyps in finished
+    ]
     return DecodeResult(
         tokens=[h.tokens for h in best],
         alphas=[h.alphas for h in best],

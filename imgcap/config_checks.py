@@ -1,0 +1,101 @@
+"""Explicit checks of the model and data settings, run before any work, naming the key.
+
+Hydra passes command-line values through as typed by the user (``model.attention_dim=abc`` is
+the string "abc"); without these checks a bad value surfaces as a torch or Hydra error that
+does not name the key, or (``model.beam_size=0``) only after a full epoch of training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from imgcap.errors import ConfigError
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key, throw_on_missing=True)
+    except Exception as err:  # an interpolation that does not resolve, a missing value
+        raise ConfigError(f"{key}: {str(err).splitlines()[0]}") from None
+
+
+def _int(cfg: DictConfig, key: str, minimum: int, optional: bool = False) -> None:
+    value = _value(cfg, key)
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(
+            f"{key}={value!r} must be an integer >= {minimum}, e.g. {key}={max(minimum, 1)}"
+            + (" (or null)" if optional else "")
+        )
+
+
+def _float(cfg: DictConfig, key: str, low: float, high: float, high_open: bool = False) -> None:
+    value = _value(cfg, key)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and low <= value and (value < high if high_open else value <= high)
+    if not ok:
+        bracket = ")" if high_open else "]"
+        raise ConfigError(f"{key}={value!r} must be a number in [{low}, {high}{bracket}")
+
+
+def check_model_config(cfg: DictConfig) -> None:
+    """``cfg`` is the run config (with ``model``); raises ConfigError naming the first bad key."""
+    model = cfg.get("model")
+    if model is None:
+        return
+    for key in ("attention_dim", "embed_dim", "decoder_dim", "encoded_size", "beam_size", "max_len"):
+        if key in model:
+            _int(cfg, f"model.{key}", 1)
+    if "dropout" in model:
+        _float(cfg, "model.dropout", 0.0, 1.0, high_open=True)
+    if "alpha_c" in model:
+        _float(cfg, "model.alpha_c", 0.0, math.inf)
+    if "teacher_forcing_ratio" in model:
+        _float(cfg, "model.teacher_forcing_ratio", 0.0, 1.0)
+    if "length_penalty" in model:
+        _float(cfg, "model.length_penalty", -10.0, 10.0)
+    schedule = _value(cfg, "model.teacher_forcing_schedule")
+    if schedule is not None:
+        if not OmegaConf.is_dict(schedule) or set(schedule) != {"end", "epochs"}:
+            raise ConfigError(
+                f"model.teacher_forcing_schedule={schedule!r} must be null or {{end: 0.75, epochs: 10}}"
+            )
+        _float(cfg, "model.teacher_forcing_schedule.end", 0.0, 1.0)
+        _int(cfg, "model.teacher_forcing_schedule.epochs", 1)
+    for key in ("optimizer.lr", "encoder.lr"):
+        if OmegaConf.select(model, key) is not None:
+            _float(cfg, f"model.{key}", 0.0, math.inf)
+
+
+def check_data_config(cfg: DictConfig) -> None:
+    data = cfg.get("data")
+    if data is None:
+        return
+    for key, minimum in (("batch_size", 1), ("image_size", 8), ("num_workers", 0), ("min_word_freq", 1)):
+        if key in data:
+            _int(cfg, f"data.{key}", minimum)
+    for key, minimum in (("eval_batch_size", 1), ("max_caption_len", 3), ("limit_train_images", 1)):
+        if key in data:
+            _int(cfg, f"data.{key}", minimum, optional=True)
+    for key in ("split_seed", "shuffle_seed"):
+        if key in data:
+            _int(cfg, f"data.{key}", 0)
+    for key in ("augment", "preload", "cache_features", "pin_memory", "persistent_workers"):
+        value = _value(cfg, f"data.{key}") if key in data else False
+        if not isinstance(value, bool):
+            raise ConfigError(f"data.{key}={value!r} must be true or false")
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Every check that is cheap enough to run before any data is read or model is built."""
+    check_model_config(cfg)
+    check_data_config(cfg)
+    trainer = cfg.get("trainer") or {}
+    if "max_epochs" in trainer:
+        _int(cfg, "trainer.max_epochs", -1)
+    if "check_val_every_n_epoch" in trainer:
+        _int(cfg, "trainer.check_val_every_n_epoch", 1, optional=True)

@@ -1,0 +1,84 @@
+"""The training sampler: a shuffled order that is a pure function of (seed, epoch), resumable
+mid-epoch.
+
+Lightning calls ``set_epoch`` before every epoch. The order of epoch ``e`` comes from a private
+generator seeded with ``(seed, e)``, never from the global RNG, so fetching batches (or
+prefetching one ahead) consumes none of the randomness that training uses (dropout, scheduled
+sampling), and a resumed run sees exactly the order the uninterrupted run saw.
+
+With ``captions_per_item`` (``data.captions_per_image=1``) the sampler also draws, per epoch and
+from the same generator, which caption each image gets; it then yields ``(item, caption)`` pairs.
+
+``resume_at(epoch, position)`` makes the next iteration start ``position`` items into that
+epoch's order: the data module sets it from the checkpoint it is restored from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+
+class ResumableSampler(Sampler):
+    def __init__(
+        self,
+        num_items: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        captions_per_item: Sequence[int] | None = None,
+        loader_generator: torch.Generator | None = None,
+    ) -> None:
+        if captions_per_item is not None and len(captions_per_item) != num_items:
+            raise ValueError(f"{len(captions_per_item)} caption counts for {num_items} items")
+        self.num_items = num_items
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.captions_per_item = list(captions_per_item) if captions_per_item else None
+        # The DataLoader's own generator (worker base seeds): reseeded per epoch, so that making
+        # an iterator draws nothing from the global RNG and workers get the same seeds on resume.
+        self.loader_generator = loader_generator
+        self.epoch = 0
+        self._start = 0
+        self._reseed_loader()
+
+    def _reseed_loader(self) -> None:
+        if self.loader_generator is not None:
+            self.loader_generator.manual_seed(self._epoch_seed() + 1)
+
+    def _epoch_seed(self) -> int:
+        return (self.seed * 1_000_003 + self.epoch * 7_919) % (2**63 - 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._start = 0
+            self._reseed_loader()
+
+    def resume_at(self, epoch: int, position: int) -> None:
+        """The next iteration yields epoch ``epoch``'s order from item ``position`` on."""
+        self.epoch = int(epoch)
+        self._start = max(0, int(position))
+        self._reseed_loader()
+
+    def order(self) -> list:
+        """This epoch's full order: item indices, or (item, caption) pairs."""
+        generator = torch.Generator().manual_seed(self._epoch_seed())
+        if self.shuffle:
+            items = torch.randperm(self.num_items, generator=generator).tolist()
+        else:
+            items = list(range(self.num_items))
+        if self.captions_per_item is None:
+            return items
+        counts = torch.tensor(self.captions_per_item, dtype=torch.float64)
+        picks = (torch.rand(self.num_items, generator=generator, dtype=torch.float64) * counts).long()
+        return [(i, int(picks[i])) for i in items]
+
+    def __iter__(self) -> Iterator:
+        start, self._start = self._start, 0
+        yield from self.order()[start:]
+
+    def __len__(self) -> int:
+        # The full epoch: Lightning counts the batches of a resumed epoch itself.
+        return self.num_items

@@ -1,0 +1,175 @@
+"""Resuming and stopping training runs.
+
+* ``ckpt_path=`` alone resumes the run the checkpoint came from: its run config is inside the
+  checkpoint, so the original overrides need not be repeated, and the run continues in its own
+  directory. Plain value overrides given with it (``trainer.max_epochs=60``) apply on top; a
+  different config-group choice (``data=flickr8k`` for a shapes run) is refused.
+* SIGTERM (what SLURM sends before a job's time is up) and SIGINT (Ctrl-C) stop training at
+  the next batch boundary, save ``checkpoints/on_exception.ckpt``, print the command that
+  resumes, and exit with status 128 + the signal number. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from imgcap.checkpoint import CHECKPOINT_KEY, read_checkpoint
+from imgcap.errors import ConfigError
+
+# Overrides that never change a resumed run's config: where things live, and Hydra's own.
+_NOT_APPLIED = ("ckpt_path", "paths.", "hydra.")
+
+
+def original_run_dir(ckpt_path: str | Path, run_config: dict[str, Any]) -> Path:
+    """The directory a checkpoint's run lives in: ``<run>/checkpoints/x.ckpt`` -> ``<run>``
+    (works for a moved or copied run folder), else the directory recorded in its config."""
+    path = Path(ckpt_path).expanduser().resolve()
+    if path.parent.name == "checkpoints":
+        return path.parent.parent
+    return Path(run_config.get("paths", {}).get("output_dir") or path.parent)
+
+
+def resume_arguments(args: list[str]) -> list[str]:
+    """Command-line arguments of ``train.py`` -> the same, plus what makes Hydra continue in the
+    original run directory when ``ckpt_path=`` is given (without rewriting its ``.hydra/``).
+
+    Takes the arguments as a list (the library never reads sys.argv). An unreadable checkpoint
+    leaves them unchanged: training then reports it in one line.
+    """
+    if any(a in ("-m", "--multirun") for a in args):
+        return args
+    given = [a.split("=", 1)[1] for a in args if a.startswith("ckpt_path=")]
+    if not given or not given[-1] or given[-1] == "null":
+        return args
+    if any(a.startswith(("hydra.run.dir=", "hydra.output_subdir=")) for a in args):
+        return args
+    try:
+        entry = read_checkpoint(given[-1])[CHECKPOINT_KEY]
+    except Exception:
+        return args
+    run_dir = original_run_dir(given[-1], entry.get("config", {}))
+    return [*args, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+
+
+def _replace_prefix(node: Any, old: str, new: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _replace_prefix(v, old, new) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_replace_prefix(v, old, new) for v in node]
+    if isinstance(node, str) and old and (node == old or node.startswith(old + "/")):
+        return new + node[len(old) :]
+    return node
+
+
+def _hydra_overrides() -> tuple[list[str], dict[str, Any]]:
+    """This job's command-line overrides and config-group choices (empty outside Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return [], {}
+    overrides = list(hydra_cfg.overrides.task or [])
+    choices = OmegaConf.to_container(hydra_cfg.runtime.choices) if hydra_cfg.runtime else {}
+    return overrides, dict(choices or {})
+
+
+def job_overrides() -> tuple[list[str], dict[str, Any]]:
+    """What a checkpoint records of how its config was composed."""
+    overrides, choices = _hydra_overrides()
+    return [o for o in overrides if not o.startswith("ckpt_path=")], choices
+
+
+def resume_config(cfg: DictConfig) -> DictConfig:
+    """The config of the run ``cfg.ckpt_path`` came from, with plain overrides applied on top.
+
+    Reads the checkpoint safely (one-line CheckpointError when it is missing, truncated,
+    foreign or unsafe). The returned config writes into the original run directory.
+    """
+    ckpt_path = str(cfg.ckpt_path)
+    entry = read_checkpoint(ckpt_path)[CHECKPOINT_KEY]
+    stored: dict[str, Any] = entry["config"]
+    old_dir = str(stored.get("paths", {}).get("output_dir") or "")
+    run_dir = original_run_dir(ckpt_path, stored)
+    stored = _replace_prefix(stored, old_dir, str(run_dir))
+    resumed = OmegaConf.create(stored)
+
+    overrides, choices = _hydra_overrides()
+    stored_choices = entry.get("choices") or {}
+    for override in overrides:
+        if override.startswith("~") or "=" not in override:
+            continue
+        key, value = override.split("=", 1)
+        key = key.lstrip("+")
+        if key.startswith(_NOT_APPLIED) or key == "ckpt_path":
+            continue
+        if key in choices:  # a config group: the run's own choice must not change
+            if key in stored_choices and str(stored_choices[key]) != str(choices[key]):
+                raise ConfigError(
+                    f"ckpt_path= resumes a run with its own config, composed with "
+                    f"{key}={stored_choices[key]}; {key}={value} would change it: start a new "
+                    f"run instead (or drop {key}={value})"
+                )
+            continue
+        with open_dict(resumed):
+            OmegaConf.update(
+                resumed, key, OmegaConf.select(cfg, key, default=None), merge=False, force_add=True
+            )
+    with open_dict(resumed):
+        resumed.ckpt_path = ckpt_path
+        resumed.paths.output_dir = str(run_dir)
+    return resumed
+
+
+class SignalStop:
+    """Inside ``with SignalStop(trainer) as stop:``, SIGTERM and SIGINT ask Lightning to stop at
+    the next batch boundary (training or validation) instead of killing the process mid-step;
+    ``stop.signum`` is the signal received (None when none). A second signal stops at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: the user means it
+        if self.signum is None:
+            self.signum = signum
+        # Lightning's own flag: its loops raise SIGTERMException at the next safe point, and
+        # the on-exception checkpoint is written from a consistent state.
+        self.trainer._signal_connector.received_sigterm = True
+
+    def __enter__(self) -> SignalStop:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "SIGINT"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+
+@contextlib.contextmanager
+def signal_stop(trainer: Any) -> Iterator[SignalStop]:
+    with SignalStop(trainer) as stop:
+        yield stop
