@@ -132,8 +132,13 @@ class FiniteGuard(L.Callback):
             )
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit":
-            return
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._check_weights(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check_weights(trainer, pl_module)
+
+    def _check_weights(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         bad = nonfinite_parameters(pl_module)
         if bad:
             raise DivergenceError(

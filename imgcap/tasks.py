@@ -152,10 +152,12 @@ def train(cfg: DictConfig) -> float | None:
     run_config = OmegaConf.to_container(cfg, resolve=True)
     loggers = build_loggers(cfg)
     overrides, choices = job_overrides()
-    callbacks = build_callbacks(cfg, has_logger=bool(loggers)) + [
+    # The guard comes first: its checks run before any checkpoint callback saves.
+    callbacks = [
+        FiniteGuard(),
+        *build_callbacks(cfg, has_logger=bool(loggers)),
         RunConfigInCheckpoint(run_config, overrides, choices),
         RngState(),
-        FiniteGuard(),
     ]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -107,11 +108,56 @@ def detect_layout(root: str | Path) -> tuple[str, Path, Path]:
 # ----------------------------------------------------------------------------- caption readers
 
 
+def read_text(path: Path) -> str:
+    """A text file as UTF-8, with a leading byte-order mark (Excel's "UTF-8 with BOM") accepted.
+
+    A byte that is not UTF-8 is a one-line DataError naming the file, line and column."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(
+            f"{path}:{line}: byte 0x{data[e.start]:02x} at column {column} is not UTF-8 text; "
+            "save the file as UTF-8 (or fix this line)"
+        ) from None
+
+
+class _Duplicates:
+    """Counts caption rows repeated verbatim for the same image, for one warning per file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.count, self.first = path, 0, ""
+
+    def seen(self, captions: list[str], caption: str, image: str, line: int) -> bool:
+        if caption not in captions:
+            return False
+        self.count += 1
+        self.first = self.first or f"line {line}, {image}"
+        return True
+
+    def warn(self) -> None:
+        if self.count:
+            warnings.warn(
+                f"{self.path}: {self.count} duplicate caption row(s) ignored (the same caption "
+                f"twice for one image; first at {self.first})",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
 def read_kaggle_captions(path: Path, image_dir: Path) -> dict[str, list[str]]:
     """Read ``captions.txt`` (CSV ``image,caption``). Every listed image must exist."""
     captions: dict[str, list[str]] = {}
     first_line: dict[str, int] = {}
-    with open(path, newline="", encoding="utf-8") as f:
+    duplicates = _Duplicates(path)
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.reader(f)
         try:
             header = next(reader, None)
@@ -148,8 +194,10 @@ def read_kaggle_captions(path: Path, image_dir: Path) -> dict[str, list[str]]:
                 raise DataError(
                     f"{path}:{line}: empty caption for {image}; fix or delete this line"
                 )
-            captions.setdefault(image, []).append(caption)
+            if not duplicates.seen(captions.get(image, []), caption, image, line):
+                captions.setdefault(image, []).append(caption)
             first_line.setdefault(image, line)
+    duplicates.warn()
     present = _listdir(image_dir)
     for image, line in first_line.items():
         if image not in present:
@@ -167,7 +215,8 @@ def read_token_file(path: Path, image_dir: Path) -> tuple[dict[str, list[str]], 
     with a single warning; returns ``(captions, skipped_ids)``.
     """
     captions: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as f:
+    duplicates = _Duplicates(path)
+    with io.StringIO(read_text(path)) as f:
         for line_no, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
@@ -184,7 +233,9 @@ def read_token_file(path: Path, image_dir: Path) -> tuple[dict[str, list[str]], 
                 raise DataError(
                     f"{path}:{line_no}: empty caption for {image}; fix or delete this line"
                 )
-            captions.setdefault(image, []).append(caption)
+            if not duplicates.seen(captions.get(image, []), caption, image, line_no):
+                captions.setdefault(image, []).append(caption)
+    duplicates.warn()
     present = _listdir(image_dir)
     skipped = sorted(i for i in captions if i not in present)
     if skipped:
@@ -204,9 +255,10 @@ def read_karpathy_json(
 ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """Read Karpathy's ``dataset_flickr8k.json``; ``restval`` counts as train."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(read_text(path))
         entries = data["images"]
+        if not isinstance(entries, list):
+            raise TypeError("'images' is not a list")
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise DataError(f"{path}: not a valid Karpathy split file ({e}); re-download it") from None
     present = _listdir(image_dir)
@@ -218,6 +270,8 @@ def read_karpathy_json(
             raws = [s["raw"].strip() for s in entry["sentences"]]
         except (KeyError, TypeError, AttributeError) as e:
             raise DataError(f"{path}: images[{i}] lacks field {e}; re-download the file") from None
+        if not isinstance(name, str) or not isinstance(split, str):
+            raise DataError(f"{path}: images[{i}] has a non-text filename or split; fix the file")
         split = "train" if split == "restval" else split
         if split not in splits:
             raise DataError(f"{path}: images[{i}] ({name}) has unknown split {split!r}")
@@ -228,7 +282,7 @@ def read_karpathy_json(
             )
         if not raws or not all(raws):
             raise DataError(f"{path}: images[{i}] ({name}) has an empty caption; fix the file")
-        captions[name] = raws
+        captions[name] = list(dict.fromkeys(raws))
         splits[split].append(name)
     return captions, splits
 
@@ -255,7 +309,7 @@ def read_split_lists(paths: dict[str, Path], known: set[str] | dict) -> dict[str
     seen: dict[str, str] = {}
     for split, path in paths.items():
         names = []
-        with open(path, encoding="utf-8") as f:
+        with io.StringIO(read_text(path)) as f:
             for line_no, line in enumerate(f, start=1):
                 name = line.strip()
                 if not name:

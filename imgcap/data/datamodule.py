@@ -232,7 +232,7 @@ class Flickr8kDataModule(L.LightningDataModule):
         return ann
 
     def _check_images(self, ann: Annotations) -> None:
-        """Cheap integrity check of every image in a split (header/EOI, no decoding)."""
+        """Integrity check of every image in a split (markers, then a reduced-scale decode)."""
         from tqdm.auto import tqdm
 
         names = sorted({n for ids in ann.splits.values() for n in ids})

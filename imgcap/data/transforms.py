@@ -45,10 +45,11 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
 
 def check_image_file(path: Path) -> str | None:
-    """Cheap integrity check without decoding; returns a reason string, or None when it looks fine.
+    """Integrity check before training; returns a reason string, or None when it looks fine.
 
-    JPEGs must start with the SOI marker and end with EOI (a truncated download loses the EOI);
-    other formats get PIL's header ``verify()``.
+    JPEGs must start with the SOI marker and end with EOI (a truncated download loses the EOI),
+    and must decode (at reduced scale: what fails there fails in the loader too); other formats
+    get PIL's header ``verify()``.
     """
     try:
         size = path.stat().st_size
@@ -65,6 +66,11 @@ def check_image_file(path: Path) -> str | None:
             # Inside entropy-coded data 0xFF is always followed by 0x00 or RSTn, so FFD9 is EOI.
             if b"\xff\xd9" not in tail:
                 return "truncated JPEG (no end-of-image marker)"
+            # Markers can be intact around a corrupt header or entropy stream: decode it (at
+            # 1/8 scale where libjpeg can, a few ms an image) as the loader will.
+            with Image.open(path) as img:
+                img.draft("RGB", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+                img.load()
             return None
         with Image.open(path) as img:
             img.verify()
