@@ -77,7 +77,13 @@ class RngState(L.Callback):
         version, internal, gauss = random.getstate()
         state: dict[str, Any] = {
             "torch": torch.get_rng_state(),
-            "numpy": [str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+            "numpy": [
+                str(kind),
+                torch.from_numpy(keys.astype(np.int64)),
+                int(pos),
+                int(has_gauss),
+                float(cached),
+            ],
             "python": [int(version), list(internal), gauss],
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -47,7 +47,14 @@ def check_model_config(cfg: DictConfig) -> None:
     model = cfg.get("model")
     if model is None:
         return
-    for key in ("attention_dim", "embed_dim", "decoder_dim", "encoded_size", "beam_size", "max_len"):
+    for key in (
+        "attention_dim",
+        "embed_dim",
+        "decoder_dim",
+        "encoded_size",
+        "beam_size",
+        "max_len",
+    ):
         if key in model:
             _int(cfg, f"model.{key}", 1)
     if "dropout" in model:
@@ -75,7 +82,12 @@ def check_data_config(cfg: DictConfig) -> None:
     data = cfg.get("data")
     if data is None:
         return
-    for key, minimum in (("batch_size", 1), ("image_size", 8), ("num_workers", 0), ("min_word_freq", 1)):
+    for key, minimum in (
+        ("batch_size", 1),
+        ("image_size", 8),
+        ("num_workers", 0),
+        ("min_word_freq", 1),
+    ):
         if key in data:
             _int(cfg, f"data.{key}", minimum)
     for key, minimum in (("eval_batch_size", 1), ("max_caption_len", 3), ("limit_train_images", 1)):

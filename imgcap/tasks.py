@@ -27,8 +27,8 @@ from imgcap.callbacks import FiniteGuard, InterruptCheckpoint, RngState, RunConf
 from imgcap.checkpoint import load_captioner
 from imgcap.config_checks import check_train_config
 from imgcap.errors import ConfigError, ImgcapError, Interrupted
-from imgcap.resume import job_overrides, resume_config, signal_stop
 from imgcap.metrics import compute_caption_metrics
+from imgcap.resume import job_overrides, resume_config, signal_stop
 
 log = logging.getLogger(__name__)
 

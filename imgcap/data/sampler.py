@@ -72,7 +72,9 @@ class ResumableSampler(Sampler):
         if self.captions_per_item is None:
             return items
         counts = torch.tensor(self.captions_per_item, dtype=torch.float64)
-        picks = (torch.rand(self.num_items, generator=generator, dtype=torch.float64) * counts).long()
+        picks = (
+            torch.rand(self.num_items, generator=generator, dtype=torch.float64) * counts
+        ).long()
         return [(i, int(picks[i])) for i in items]
 
     def __iter__(self) -> Iterator:
