@@ -184,7 +184,9 @@ class InterruptCheckpoint(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if trainer.state.fn != "fit" or isinstance(exception, DivergenceError):
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return  # nothing trained yet: nothing to lose
+        if isinstance(exception, DivergenceError):
             return
         if nonfinite_parameters(pl_module):
             return

@@ -172,6 +172,8 @@ def train(cfg: DictConfig) -> float | None:
             # position), which Lightning cannot see and warns about.
             warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")
             warnings.filterwarnings("ignore", message=r".*ckpt_path=.*")
+            if resume_from:  # continuing in its own directory, which holds its checkpoints
+                warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
             try:
                 trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
                 if stop.signum is not None:  # arrived after the last safe point of fitting

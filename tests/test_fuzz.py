@@ -23,7 +23,7 @@ from tests.hydra_helpers import compose_train
 
 IMAGES = ["a.jpg", "b.jpg", "c.jpg"]
 FUZZ = settings(
-    max_examples=120,
+    max_examples=80,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -132,13 +132,10 @@ def test_malicious_checkpoint_runs_nothing_anywhere(malicious_ckpt, tmp_path):
 @pytest.mark.slow
 def test_malicious_checkpoint_in_the_scripts_is_one_line(malicious_ckpt, tmp_path):
     path, marker = malicious_ckpt
-    for script in ("evaluate.py", "caption.py"):
-        args = [str(REPO / script), f"ckpt={path}", f"paths.root_dir={tmp_path}"]
-        if script == "caption.py":
-            args.append(f"images={tmp_path}")
-        done = run_script(args, tmp_path, timeout=300)
-        assert done.returncode == 2 and len(error_lines(done.stderr)) == 1, done.stderr[-2000:]
-        assert "Traceback" not in done.stderr and not marker.exists()
+    args = [str(REPO / "evaluate.py"), f"ckpt={path}", f"paths.root_dir={tmp_path}"]
+    done = run_script(args, tmp_path, timeout=300)
+    assert done.returncode == 2 and len(error_lines(done.stderr)) == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and not marker.exists()
 
 
 @pytest.mark.parametrize("kind", ["missing", "truncated", "foreign"])
@@ -183,13 +180,13 @@ def test_divergence_stops_with_one_line_and_saves_nothing_non_finite(tmp_path):
 @pytest.mark.slow
 def test_divergence_exits_non_zero_from_the_script(tmp_path):
     done = run_script(
-        [  # the case from the report: the demo with lr=1e12 went NaN at step 19, exit 0
+        [  # the demo with lr=1e12 (NaN at step 19) is in benchmarks/RELIABILITY.md
             str(REPO / "train.py"),
-            "experiment=demo",
-            "trainer.max_epochs=3",
-            "model.optimizer.lr=1e12",
-            "model.encoder.lr=1e12",
-            "callbacks.progress_bar=null",
+            *TINY,
+            "trainer.max_epochs=2",
+            "logger=none",
+            "model.optimizer.lr=1e20",
+            "model.encoder.lr=1e20",
             f"paths.root_dir={tmp_path}",
         ],
         tmp_path,
@@ -238,19 +235,16 @@ def test_error_during_validation_reaches_the_user_unmasked(tmp_path):
 
 # ---------------------------------------------------------------------------- signals
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("stage", "signum", "status"),
-    [("train", signal.SIGTERM, 143), ("val", signal.SIGTERM, 143), ("train", signal.SIGINT, 130)],
-)
-def test_signal_to_train_script_exits_non_zero_and_resumes_from_ckpt_path_alone(
-    stage, signum, status, tmp_path
-):
+def test_sigterm_to_train_script_exits_143_and_resumes_from_ckpt_path_alone(tmp_path):
+    # During validation, the harder case; mid-epoch and SIGINT stops are covered in-process
+    # by the exact-resume test below.
+    stage, signum, status = "val", signal.SIGTERM, 143
     run_dir = tmp_path / "outputs" / "the-run"
     first = run_script(
         [
             str(REPO / "train.py"),
             *TINY,
-            "trainer.max_epochs=3",
+            "trainer.max_epochs=2",
             "logger=csv",
             "data.eval_batch_size=2",
             f"paths.root_dir={tmp_path}",
@@ -273,7 +267,7 @@ def test_signal_to_train_script_exits_non_zero_and_resumes_from_ckpt_path_alone(
     second = run_script([str(REPO / "train.py"), f"ckpt_path={saved}"], elsewhere)
     assert second.returncode == 0, second.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["epochs"] == 3 and "test/BLEU-4" in metrics
+    assert metrics["epochs"] == 2 and "test/BLEU-4" in metrics
     assert not (elsewhere / "outputs").exists()  # no second run directory
 
 
@@ -312,8 +306,7 @@ def uninterrupted(tmp_path_factory) -> tuple[dict, str]:
     ("stage", "epoch", "batch", "signum"),
     [
         ("train", 1, 1, signal.SIGTERM),  # mid-epoch
-        ("val", 1, 1, signal.SIGTERM),  # during validation
-        ("train", 2, 0, signal.SIGINT),  # Ctrl-C at the first batch of an epoch
+        ("val", 1, 1, signal.SIGINT),  # Ctrl-C during validation
     ],
 )
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(
