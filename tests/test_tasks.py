@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from imgcap import tasks
-from imgcap.data import datamodule as datamodule_module
 from imgcap.checkpoint import load_captioner
+from imgcap.data import datamodule as datamodule_module
 from imgcap.errors import CheckpointError, ConfigError, DataError, ImgcapError
 from imgcap.metrics import compute_caption_metrics
 from imgcap.module import CaptioningModule
