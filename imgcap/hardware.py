@@ -25,3 +25,12 @@ def register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("imgcap.precision"):
         OmegaConf.register_new_resolver("imgcap.precision", precision_for)
+
+
+def use_tensor_cores_for_float32() -> None:
+    """On CUDA, let float32 matmuls and convolutions use TF32 tensor cores (about 10 bits of
+    mantissa: what mixed precision leaves in float32 does not need more, and the speed-up on
+    Ampere and later is several-fold)."""
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True

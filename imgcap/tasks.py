@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from imgcap.callbacks import RunConfigInCheckpoint
 from imgcap.checkpoint import load_captioner
 from imgcap.errors import ConfigError, ImgcapError
-from imgcap.hardware import register_resolvers
+from imgcap.hardware import register_resolvers, use_tensor_cores_for_float32
 from imgcap.metrics import compute_caption_metrics
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,7 @@ def train(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
+    use_tensor_cores_for_float32()
 
     datamodule, model = build_data_and_model(cfg)
     run_config = OmegaConf.to_container(cfg, resolve=True)

@@ -80,7 +80,12 @@ class GraphedUnroll:
     # ------------------------------------------------------------------ internals
     @staticmethod
     def _autocast_dtype() -> torch.dtype | None:
-        return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        """The CUDA autocast dtype in force (e.g. Lightning's bf16-mixed), or None."""
+        try:
+            enabled, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+        except (TypeError, AttributeError):  # torch < 2.4 spells them differently
+            enabled, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+        return dtype if enabled else None
 
     def _autocast(self):
         # Graphs must be captured and replayed with autocast's weight cache off: a cached cast
