@@ -27,10 +27,12 @@ from imgcap.callbacks import FiniteGuard, InterruptCheckpoint, RngState, RunConf
 from imgcap.checkpoint import load_captioner
 from imgcap.config_checks import check_train_config
 from imgcap.errors import ConfigError, ImgcapError, Interrupted
+from imgcap.hardware import register_resolvers, use_tensor_cores_for_float32
 from imgcap.metrics import compute_caption_metrics
 from imgcap.resume import job_overrides, resume_config, signal_stop
 
 log = logging.getLogger(__name__)
+register_resolvers()
 
 METRIC_ORDER = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -115,10 +117,20 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
 
 
 def build_data_and_model(cfg: DictConfig):
-    """Prepare the data (validating it and building the vocabulary), then size the model to it."""
+    """Check the data and build the vocabulary, then size the model to it.
+
+    The expensive data work is left to the Trainer's hooks: ``prepare_data`` (local rank zero
+    only, the other ranks wait) computes the feature cache on the training device, and ``setup``
+    on every rank reads it. Here only global rank zero prepares (generates the synthetic set,
+    checks the images, writes the vocabulary); every rank then reads the vocabulary the model
+    is sized from. Under DDP the other ranks re-run this script after rank zero has started.
+    """
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
     datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    if rank_zero_only.rank == 0:
+        datamodule.prepare_data()
+    datamodule.setup("fit")  # vocabulary only when the feature cache waits for its encoder
     model = instantiate(cfg.model, vocab=datamodule.vocab.itos)
     if cfg.data.get("cache_features"):
         schedule = (cfg.get("callbacks") or {}).get("encoder_fine_tuning") or {}
@@ -129,7 +141,6 @@ def build_data_and_model(cfg: DictConfig):
             )
         key = {**model.encoder.cache_key(), "image_size": cfg.data.image_size}
         datamodule.attach_feature_encoder(model.encoder, key)
-        datamodule.setup("fit")
     return datamodule, model
 
 
@@ -147,6 +158,7 @@ def train(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
+    use_tensor_cores_for_float32()
 
     datamodule, model = build_data_and_model(cfg)
     run_config = OmegaConf.to_container(cfg, resolve=True)
