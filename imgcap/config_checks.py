@@ -82,14 +82,11 @@ def check_data_config(cfg: DictConfig) -> None:
     data = cfg.get("data")
     if data is None:
         return
-    for key, minimum in (
-        ("batch_size", 1),
-        ("image_size", 8),
-        ("num_workers", 0),
-        ("min_word_freq", 1),
-    ):
+    for key, minimum in (("batch_size", 1), ("image_size", 8), ("min_word_freq", 1)):
         if key in data:
             _int(cfg, f"data.{key}", minimum)
+    if "num_workers" in data and _value(cfg, "data.num_workers") != "auto":
+        _int(cfg, "data.num_workers", 0)
     for key, minimum in (("eval_batch_size", 1), ("max_caption_len", 3), ("limit_train_images", 1)):
         if key in data:
             _int(cfg, f"data.{key}", minimum, optional=True)
