@@ -74,7 +74,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from None
     except Exception as err:  # truncated, another format, random bytes: one line, not a traceback
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({err.__class__.__name__}: {_first_line(err)[:160]}); "
+            f"cannot read checkpoint {path} ({err.__class__.__name__}: "
+            f"{_first_line(err).split('. ')[0][:160]}); "
             "the file is truncated or not a checkpoint: copy or download it again"
         ) from None
     entry = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None

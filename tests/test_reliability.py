@@ -403,3 +403,25 @@ def test_error_from_a_dataloader_worker_is_one_line():
         "image a.jpg (broken data stream); re-download it"
     )
     assert one_line(wrapped) == "cannot read image a.jpg (broken data stream); re-download it"
+
+
+def test_corrupt_jpeg_with_intact_markers_is_caught_before_training(tmp_path):
+    from PIL import Image
+
+    from imgcap.data.datamodule import Flickr8kDataModule
+    from tests.test_data_annotations import make_kaggle
+
+    names = make_kaggle(tmp_path, n=8)
+    noise = torch.randint(0, 256, (96, 96, 3), dtype=torch.uint8).numpy()
+    path = tmp_path / "Images" / names[3]
+    Image.fromarray(noise).save(path, format="JPEG")
+    data = path.read_bytes()
+    table = data.find(b"\xff\xc4")  # a Huffman table: zeroed, SOI and EOI left intact
+    path.write_bytes(data[: table + 4] + bytes(40) + data[table + 44 :])
+    with pytest.raises(DataError, match=names[3]) as err:
+        Flickr8kDataModule(root=str(tmp_path), quiet=True, min_word_freq=1).setup("fit")
+    assert "bad_images=skip" in str(err.value)
+    dm = Flickr8kDataModule(root=str(tmp_path), quiet=True, min_word_freq=1, bad_images="skip")
+    with pytest.warns(UserWarning, match=names[3]):
+        dm.setup("fit")
+    assert all(names[3] not in ids for ids in dm.annotations.splits.values())
