@@ -134,7 +134,7 @@ def test_split_precedence_karpathy_then_official_then_seeded(tmp_path: Path, lay
     names = (make_kaggle if layout == "kaggle" else make_original)(tmp_path, n=6)
     text = tmp_path if layout == "kaggle" else tmp_path / "Flickr8k_text"
     official = {"train": names[:4], "val": [names[4]], "test": [names[5]]}
-    for (split, ids), name in zip(official.items(), SPLIT_LISTS, strict=True):
+    for ids, name in zip(official.values(), SPLIT_LISTS, strict=True):
         (text / name).write_text("".join(n + "\n" for n in ids))
     karpathy = {"train": names[2:], "val": [names[0]], "test": [names[1]]}
     entries = [

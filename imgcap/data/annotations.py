@@ -75,7 +75,7 @@ class Annotations:
     def describe(self) -> str:
         """One line, e.g. ``split: karpathy (dataset_flickr8k.json), 6000/1000/1000 ...``."""
         sizes = "/".join(str(len(self.splits.get(s, []))) for s in SPLITS)
-        where = f" ({self.split_file})" if self.split_file else f" (data.split_seed)"
+        where = f" ({self.split_file})" if self.split_file else " (data.split_seed)"
         return (
             f"split: {self.split_source}{where}, {sizes} train/val/test images; "
             f"captions: {self.caption_file}"
