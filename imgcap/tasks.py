@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from imgcap.callbacks import RunConfigInCheckpoint, ValidateAfterLastEpoch
+from imgcap.cli import is_rank_zero
 from imgcap.errors import ConfigError, ImgcapError
 from imgcap.loggers import (
     build_loggers,
@@ -105,14 +106,15 @@ def train(cfg: DictConfig) -> float | None:
     datamodule, model = build_data_and_model(cfg)
     annotations = getattr(datamodule, "annotations", None)
     split_info = annotations.split_info() if annotations is not None else {}
-    if annotations is not None:
-        print(annotations.describe())
     params = parameter_counts(model)
-    print(
-        f"model: {human_count(params['total'])} parameters ({human_count(params['trainable'])} "
-        f"trainable; encoder {human_count(params.get('encoder', 0))}, decoder "
-        f"{human_count(params.get('decoder', 0))})"
-    )
+    if is_rank_zero():
+        if annotations is not None:
+            print(annotations.describe())
+        print(
+            f"model: {human_count(params['total'])} parameters "
+            f"({human_count(params['trainable'])} trainable; encoder "
+            f"{human_count(params.get('encoder', 0))}, decoder {human_count(params.get('decoder', 0))})"
+        )
     run_config = OmegaConf.to_container(cfg, resolve=True)
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, has_logger=bool(loggers)) + [
