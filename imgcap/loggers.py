@@ -12,13 +12,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from imgcap.errors import ConfigError
+
+if TYPE_CHECKING:  # Lightning and torch load on first use: the credential check needs neither
+    import torch
+    from lightning.pytorch.loggers import Logger
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,8 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     """Parameters of the whole model, its trainable part, and each top-level network."""
+    import torch
+
     counts = {
         "total": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -157,6 +161,8 @@ def human_count(n: int) -> str:
 def log_run_summary(loggers: list[Logger], summary: dict[str, Any], files: list[Path]) -> None:
     """End-of-run facts (best checkpoint, test scores) into each W&B run's summary, and
     ``files`` (metrics.json) as run files."""
+    from lightning.pytorch.loggers import WandbLogger
+
     for logger in loggers:
         if not isinstance(logger, WandbLogger):
             continue
@@ -169,6 +175,8 @@ def log_run_summary(loggers: list[Logger], summary: dict[str, Any], files: list[
 
 def finish_wandb(loggers: list) -> None:
     """Close the W&B run so that the next job of a sweep starts a run of its own."""
+    from lightning.pytorch.loggers import WandbLogger
+
     if any(isinstance(lg, WandbLogger) for lg in loggers):
         import wandb
 
