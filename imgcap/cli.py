@@ -24,6 +24,8 @@ NOISE_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
     # A frozen encoder is kept in eval mode on purpose (BatchNorm statistics stay fixed).
     r".*module\(s\) in eval mode at the start of training.*",
+    # Scores are gathered across processes by the metric itself before they are logged.
+    r"It is recommended to use `self.log\('(val|test)/.*sync_dist=True.*",
 )
 NOISE_LOG_PREFIXES = ("💡 Tip:",)
 
