@@ -136,3 +136,15 @@ def test_sweep_direction_follows_monitor_mode(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     compose_train(tmp_path, ["hparams_search=optuna", "monitor=val/loss", "monitor_mode=min"])
     assert HydraConfig.get().sweeper.direction == "minimize"
+
+
+@pytest.mark.parametrize("task", ["train", "evaluate", "caption"])
+def test_each_task_runs_in_its_own_folder(task, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=task, return_hydra_config=True)
+    assert cfg.hydra.run.dir.startswith(f"./outputs/{task}/runs/")
+    assert cfg.hydra.sweep.dir.startswith(f"./outputs/{task}/multiruns/")

@@ -97,7 +97,7 @@ def test_demo_console_has_progress_and_one_summary_but_no_noise(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_sim_training_then_evaluate_and_caption_in_their_own_folders(tmp_path):
+def test_ddp_sim_trains_two_processes_on_cpu(tmp_path):
     train = run_script(
         [
             str(REPO / "train.py"),
@@ -115,44 +115,3 @@ def test_ddp_sim_training_then_evaluate_and_caption_in_their_own_folders(tmp_pat
     (run,) = (tmp_path / "outputs" / "train" / "runs").glob("*/*")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["split_sizes"]["test"] == 6 and "test/BLEU-4" in metrics
-
-    ckpt = run / "checkpoints" / "best.ckpt"
-    image = next((tmp_path / "data" / "shapes" / "Images").glob("*.jpg"))
-    evaluate = run_script(
-        [
-            str(REPO / "evaluate.py"),
-            f"ckpt={ckpt}",
-            f"paths.root_dir={tmp_path}",
-            f"data.root={tmp_path / 'data' / 'shapes'}",
-            "meteor=false",
-            "num_workers=0",
-        ],
-        tmp_path,
-    )
-    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
-    assert list((tmp_path / "outputs" / "evaluate" / "runs").glob("*/*/results_coco.json"))
-    caption = run_script(
-        [
-            str(REPO / "caption.py"),
-            f"ckpt={ckpt}",
-            f"images=[{image}]",
-            f"paths.root_dir={tmp_path}",
-        ],
-        tmp_path,
-    )
-    assert caption.returncode == 0, caption.stderr[-3000:]
-    assert list((tmp_path / "outputs" / "caption" / "runs").glob("*/*/captions.json"))
-    zero = run_script(
-        [
-            str(REPO / "caption.py"),
-            f"ckpt={ckpt}",
-            f"images=[{image}]",
-            "beam_size=0",
-            f"paths.root_dir={tmp_path}",
-        ],
-        tmp_path,
-    )
-    assert zero.returncode == 2
-    assert [line for line in zero.stderr.splitlines() if line] == [
-        "error: beam_size=0 must be a positive int (1 = greedy), e.g. beam_size=3"
-    ]
