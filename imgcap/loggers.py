@@ -58,17 +58,29 @@ def wandb_has_credentials() -> bool:
         return bool(os.environ.get("WANDB_API_KEY"))
 
 
-def configure_wandb_environment() -> None:
-    """Never prompt for a login: without credentials, W&B logs offline (sync later)."""
-    if os.environ.get("WANDB_MODE"):
-        return
-    if not wandb_has_credentials():
-        os.environ["WANDB_MODE"] = "offline"
+_announced_offline = False
+
+
+def configure_wandb_environment() -> bool:
+    """Never prompt for a login: without credentials, W&B logs offline (sync later).
+
+    Returns True when the run must be offline; the logger then passes ``mode="offline"`` to
+    ``wandb.init`` (wandb reads WANDB_MODE once per process, so setting it here could come too
+    late). The line saying so is printed once per process."""
+    global _announced_offline
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return mode in ("offline", "dryrun")
+    if wandb_has_credentials():
+        return False
+    if not _announced_offline:
+        _announced_offline = True
         print(
             "W&B: no credentials found (WANDB_API_KEY, `wandb login`, .netrc): logging offline "
             "into the run directory; upload later with `wandb sync`",
             file=sys.stderr,
         )
+    return True
 
 
 def sweep_job() -> tuple[str, str] | None:
@@ -123,13 +135,18 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
         from imgcap.tasks import instantiate
 
         if "WandbLogger" in target:
-            configure_wandb_environment()
+            if configure_wandb_environment():
+                logger_cfg["mode"] = "offline"  # passed on to wandb.init
             watch = logger_cfg.pop("watch", None), logger_cfg.pop("watch_log_freq", 100)
             group, name = sweep_job() or (None, None)
             logger_cfg["group"] = logger_cfg.get("group") or group
             logger_cfg["name"] = logger_cfg.get("name") or name
             logger = instantiate(logger_cfg)
             logger._imgcap_watch = watch
+            # Lightning passes anonymous=None, which recent wandb releases warn about.
+            init_args = getattr(logger, "_wandb_init", None)
+            if isinstance(init_args, dict) and init_args.get("anonymous") is None:
+                init_args.pop("anonymous", None)
         else:
             logger = instantiate(logger_cfg)
         loggers.append(logger)
