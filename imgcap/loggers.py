@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,8 +187,11 @@ def log_run_summary(loggers: list[Logger], summary: dict[str, Any], files: list[
         run = logger.experiment
         run.summary.update({k: v for k, v in summary.items() if v is not None})
         for path in files:
-            if path.is_file():
-                run.save(str(path), base_path=str(path.parent), policy="now")
+            if path.is_file() and getattr(run, "dir", None):
+                # A copy inside the run's folder: wandb would otherwise symlink it and warn.
+                copy = Path(run.dir) / path.name
+                shutil.copyfile(path, copy)
+                run.save(str(copy), base_path=str(run.dir), policy="now")
 
 
 def finish_wandb(loggers: list) -> None:
