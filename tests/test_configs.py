@@ -106,7 +106,7 @@ def test_new_group_options_build_what_they_promise(tmp_path):
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     assert trainer.strategy.process_group_backend == "gloo" and trainer.num_devices == 2
     cfg = compose_train(tmp_path, ["debug=limit"])
-    assert cfg.trainer.limit_train_batches == 0.01 and cfg.trainer.max_epochs == 3
+    assert cfg.trainer.limit_train_batches == 20 and cfg.trainer.max_epochs == 3
 
 
 def test_optional_local_config_is_applied_when_present(tmp_path):
