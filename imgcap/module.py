@@ -17,14 +17,15 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
-import torch.nn.functional as F
 from torchmetrics import MaxMetric, MinMetric
 
-from imgcap.data.vocab import PAD_ID, Vocabulary
+from imgcap.data.vocab import Vocabulary
 from imgcap.metrics import CaptionMetric
+from imgcap.models.cuda_graphs import GraphedUnroll
 from imgcap.models.decoder import AttentionLSTMDecoder
 from imgcap.models.decoding import DecodeResult, decode
 from imgcap.models.encoder import build_encoder
+from imgcap.objectives import xe_attention_loss
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -47,6 +48,12 @@ class CaptioningModule(L.LightningModule):
         meteor: compute METEOR (needs Java) during validation/test.
         optimizer, scheduler: partials (``_partial_: true``) taking params / the optimizer.
         monitor, monitor_mode: the metric the scheduler and the best-so-far value follow.
+        decoder_unroll: ``auto | shrink | fixed``, how the teacher-forced decoder is unrolled
+            (see ``imgcap.models.decoder``); ``auto`` is ``fixed`` on CUDA, ``shrink`` elsewhere.
+        cuda_graphs: ``auto | true | false``: replay the fixed unroll as CUDA graphs. ``auto``
+            turns them on when training on one CUDA device (not under DDP).
+        channels_last: ``auto | true | false``: NHWC memory format for the encoder on CUDA
+            (faster convolutions on tensor cores); ``auto`` = on CUDA only.
     """
 
     def __init__(
@@ -70,6 +77,9 @@ class CaptioningModule(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         monitor: str = "val/CIDEr",
         monitor_mode: str = "max",
+        decoder_unroll: str = "auto",
+        cuda_graphs: bool | str = "auto",
+        channels_last: bool | str = "auto",
     ) -> None:
         super().__init__()
         # Partials are code, not settings: a checkpoint must load with weights_only unpickling.
@@ -89,10 +99,12 @@ class CaptioningModule(L.LightningModule):
             attention_dim=attention_dim,
             dropout=dropout,
             deep_output=deep_output,
+            unroll=decoder_unroll,
         )
         # Set by the fine-tuning schedule: the optimizer then holds an encoder group from the
         # start (frozen parameters have no gradient, so the optimizer skips them until unfrozen).
         self.optimize_frozen_encoder = False
+        self._channels_last = False  # set in on_fit_start on CUDA
 
         self.val_metric = CaptionMetric(meteor=meteor)
         self.test_metric = CaptionMetric(meteor=meteor)
@@ -109,7 +121,10 @@ class CaptioningModule(L.LightningModule):
         Returns (B, P, C)."""
         if "features" in batch:
             return batch["features"].float()
-        return self.encoder(batch["images"])
+        images = batch["images"]
+        if self._channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.encoder(images)
 
     @torch.no_grad()
     def caption_features(
@@ -146,15 +161,7 @@ class CaptioningModule(L.LightningModule):
         features (B, P, C); captions (B, T) as ``<start> w1 .. wn <end> <pad>..``; lengths (B,).
         """
         logits, alphas = self.decoder(features, captions, lengths, teacher_forcing_ratio=ratio)
-        targets = captions[:, 1:]  # (B, T-1)
-        xe = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=PAD_ID
-        )
-        # Attention at padded steps is not part of the caption, so it does not count.
-        mask = (targets != PAD_ID).unsqueeze(-1).to(alphas.dtype)  # (B, T-1, 1)
-        attention_total = (alphas * mask).sum(dim=1)  # (B, P)
-        att_reg = self.hparams.alpha_c * ((1.0 - attention_total) ** 2).mean()
-        return {"loss": xe + att_reg, "xe": xe, "att_reg": att_reg}
+        return xe_attention_loss(logits, alphas, captions[:, 1:], self.hparams.alpha_c)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         ratio = self.teacher_forcing_ratio()
@@ -166,6 +173,20 @@ class CaptioningModule(L.LightningModule):
         if self.hparams.teacher_forcing_schedule:
             self.log("train/teacher_forcing_ratio", ratio, batch_size=batch_size)
         return losses["loss"]
+
+    def on_fit_start(self) -> None:
+        """GPU-only speed-ups, decided once the model sits on its device."""
+        if self.device.type != "cuda":
+            return
+        if _wanted(self.hparams.channels_last, default=True):
+            self.encoder.to(memory_format=torch.channels_last)
+            self._channels_last = True
+        single_process = self.trainer.world_size == 1
+        if (
+            _wanted(self.hparams.cuda_graphs, default=single_process)
+            and self.decoder.unroll_mode(self.device) == "fixed"
+        ):
+            self.decoder.fixed_runner = GraphedUnroll(self.decoder)
 
     # ------------------------------------------------------------------ evaluation
     def on_train_start(self) -> None:
@@ -241,3 +262,12 @@ class CaptioningModule(L.LightningModule):
             config["monitor"] = self.hparams.monitor
             config["frequency"] = max(1, int(self.trainer.check_val_every_n_epoch or 1))
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def _wanted(setting: bool | str, default: bool) -> bool:
+    """``auto`` -> default; true/false (bools or their spellings) as given."""
+    if isinstance(setting, str):
+        if setting == "auto":
+            return default
+        return setting.lower() in ("true", "1", "yes", "on")
+    return bool(setting)

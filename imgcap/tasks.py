@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from imgcap.callbacks import RunConfigInCheckpoint, ValidateAfterLastEpoch
 from imgcap.cli import is_rank_zero
 from imgcap.errors import ConfigError, ImgcapError
+from imgcap.hardware import register_resolvers, use_tensor_cores_for_float32
 from imgcap.loggers import (
     build_loggers,
     finish_wandb,
@@ -34,6 +35,7 @@ from imgcap.loggers import (
 from imgcap.metrics import compute_caption_metrics, scoring_info
 
 log = logging.getLogger(__name__)
+register_resolvers()
 
 METRIC_ORDER = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -74,10 +76,20 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
 
 
 def build_data_and_model(cfg: DictConfig):
-    """Prepare the data (validating it and building the vocabulary), then size the model to it."""
+    """Check the data and build the vocabulary, then size the model to it.
+
+    The expensive data work is left to the Trainer's hooks: ``prepare_data`` (local rank zero
+    only, the other ranks wait) computes the feature cache on the training device, and ``setup``
+    on every rank reads it. Here only global rank zero prepares (generates the synthetic set,
+    checks the images, writes the vocabulary); every rank then reads the vocabulary the model
+    is sized from. Under DDP the other ranks re-run this script after rank zero has started.
+    """
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
     datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    if rank_zero_only.rank == 0:
+        datamodule.prepare_data()
+    datamodule.setup("fit")  # vocabulary only when the feature cache waits for its encoder
     model = instantiate(cfg.model, vocab=datamodule.vocab.itos)
     if cfg.data.get("cache_features"):
         schedule = (cfg.get("callbacks") or {}).get("encoder_fine_tuning") or {}
@@ -88,7 +100,6 @@ def build_data_and_model(cfg: DictConfig):
             )
         key = {**model.encoder.cache_key(), "image_size": cfg.data.image_size}
         datamodule.attach_feature_encoder(model.encoder, key)
-        datamodule.setup("fit")
     return datamodule, model
 
 
@@ -102,6 +113,7 @@ def train(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    use_tensor_cores_for_float32()
 
     datamodule, model = build_data_and_model(cfg)
     annotations = getattr(datamodule, "annotations", None)
@@ -169,15 +181,9 @@ def train(cfg: DictConfig) -> float | None:
         )
         if trainer.is_global_zero:
             write_json(output_dir / "metrics.json", metrics)
-        log_run_summary(
-            loggers,
-            {
-                "best_checkpoint": metrics["best_checkpoint"],
-                "model_params": params,
-                **{k: v for k, v in metrics.items() if k.startswith("test/")},
-            },
-            [output_dir / "metrics.json"],
-        )
+            summary = {k: v for k, v in metrics.items() if k.startswith("test/")}
+            summary.update(best_checkpoint=metrics["best_checkpoint"], model_params=params)
+            log_run_summary(loggers, summary, [output_dir / "metrics.json"])
     finally:
         finish_wandb(loggers)
 

@@ -9,6 +9,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from imgcap.hardware import register_resolvers
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -19,6 +21,7 @@ def compose_config(
 
     The hydra node is set as it is at run time, so ``${hydra:...}`` interpolations resolve.
     """
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(

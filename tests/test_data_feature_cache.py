@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,12 @@ import torch
 from torch import nn
 
 from imgcap.data.datamodule import Flickr8kDataModule
-from imgcap.data.feature_cache import cache_key, load_feature_cache, paths_for
+from imgcap.data.feature_cache import (
+    build_feature_cache,
+    cache_key,
+    load_feature_cache,
+    paths_for,
+)
 from imgcap.data.transforms import eval_transform, load_image
 from tests.data_helpers import small_datamodule
 
@@ -110,3 +117,109 @@ def test_cache_features_without_encoder_is_a_config_error(
     assert dm.vocab is not None
     with pytest.raises(ConfigError, match="attach_feature_encoder"):
         dm.train_dataloader()
+
+
+# ---- the build path used on accelerators ------------------------------------------------------
+def _train_images(root: Path, size: int):
+    from imgcap.data.annotations import load_annotations
+    from imgcap.data.datasets import ImageFiles, ImageListDataset
+
+    ids = load_annotations(root, 0).splits["train"]
+    return ids, ImageListDataset(ids, ImageFiles(root / "Images", eval_transform(size)))
+
+
+def test_half_precision_build_agrees_with_float32_to_float16_tolerance(
+    shapes_root: Path, tmp_path: Path
+) -> None:
+    # On CUDA the cache is computed under float16 autocast; here the same dtype path runs on the
+    # CPU, against the float32 path a CPU build takes. A ResNet-18 gives a realistic depth.
+    from imgcap.models.encoder import build_encoder
+
+    ids, images = _train_images(shapes_root, 32)
+    enc = build_encoder(arch="resnet18", weights=None, encoded_size=2, fine_tune="frozen")
+    key = {"arch": "resnet18", "grid": 2}
+    stores = {
+        dtype: build_feature_cache(
+            tmp_path / str(dtype),
+            ids,
+            images,
+            enc,
+            key,
+            32,
+            batch_size=16,
+            quiet=True,
+            autocast_dtype=dtype,
+        )
+        for dtype in (None, torch.float16)
+    }
+    full, half = (torch.from_numpy(stores[d].array[:].astype("float32")) for d in stores)
+    assert full.abs().max() > 1.0  # the comparison is not between near-zero values
+    torch.testing.assert_close(half, full, atol=2e-3, rtol=2e-3)  # about two float16 steps
+
+
+def test_building_the_cache_leaves_the_training_rng_alone(
+    shapes_root: Path, tmp_path: Path
+) -> None:
+    ids, images = _train_images(shapes_root, 32)
+    enc = CountingEncoder()
+    enc.train()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    build_feature_cache(tmp_path, ids, images, enc, {"arch": "counting"}, 32, quiet=True)
+    assert enc.calls > 0 and enc.training  # it ran, and the encoder's mode came back
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+class _PidRecorder:
+    """Forward hook appending the process id to a file (picklable for spawned processes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, *args) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+@pytest.mark.slow
+def test_ddp_builds_the_cache_once_and_every_rank_reads_it(
+    shapes_root: Path, tmp_path: Path
+) -> None:
+    import lightning.pytorch as L
+
+    from imgcap.module import CaptioningModule
+
+    dm = small_datamodule(shapes_root, tmp_path / "cache", cache_features=True)
+    dm.prepare_data()
+    dm.setup("fit")
+    model = CaptioningModule(
+        dm.vocab.itos,
+        encoder={"arch": "small_cnn", "weights": None, "fine_tune": "frozen", "width": 8},
+        attention_dim=8,
+        embed_dim=8,
+        decoder_dim=8,
+        encoded_size=2,
+        meteor=False,
+        optimizer=partial(torch.optim.Adam, lr=1e-3),
+    )
+    dm.attach_feature_encoder(model.encoder, {**model.encoder.cache_key(), "image_size": 32})
+    pids = tmp_path / "encoder_pids.txt"
+    model.encoder.register_forward_hook(_PidRecorder(pids))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    calls = pids.read_text().split()
+    assert len(set(calls)) == 1, "more than one process ran the encoder"
+    assert calls[0] != str(os.getpid())  # it ran inside the Trainer's rank-zero process
+    assert len(list((tmp_path / "cache").glob("features-*.npy"))) == 2  # train + val, once each

@@ -16,6 +16,7 @@ from PIL import Image
 
 from imgcap import tasks
 from imgcap.checkpoint import load_captioner
+from imgcap.data import datamodule as datamodule_module
 from imgcap.errors import CheckpointError, ConfigError, DataError, ImgcapError
 from imgcap.metrics import compute_caption_metrics
 from imgcap.module import CaptioningModule
@@ -314,21 +315,32 @@ def test_training_on_cached_features_never_runs_the_encoder_after_the_cache(tmp_
             "logger=none",
         ],
     )
-    calls = []
+    calls = []  # (trainer stage, whether the feature cache was being built)
+    building = []
     original = tasks.build_data_and_model
+    original_build = datamodule_module.build_feature_cache
 
     def build_and_count(cfg):
-        datamodule, model = original(cfg)  # the cache is built in here
+        datamodule, model = original(cfg)
         model.encoder.register_forward_hook(
-            lambda *args: calls.append(model.trainer.state.stage.value)
+            lambda *args: calls.append((model.trainer.state.stage.value, bool(building)))
         )
         return datamodule, model
 
+    def build_cache(*args, **kwargs):
+        building.append(True)
+        try:
+            return original_build(*args, **kwargs)
+        finally:
+            building.pop()
+
     monkeypatch.setattr(tasks, "build_data_and_model", build_and_count)
+    monkeypatch.setattr(datamodule_module, "build_feature_cache", build_cache)
     tasks.train(cfg)
-    # Only the test split's cache is filled after this point (in setup, before testing starts);
-    # every training and validation step reads cached features.
-    assert calls and set(calls) == {"test"}, calls
+    # The caches are filled inside the Trainer's prepare_data hook (train + val when fitting,
+    # test before testing); every training, validation and test step reads cached features.
+    assert calls and all(in_build for _, in_build in calls), calls
+    assert {stage for stage, _ in calls} == {"train", "test"}, calls
     assert len(list((tmp_path / "data" / "shapes" / ".imgcap_cache").glob("*.npy"))) == 3
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "test/BLEU-4" in metrics

@@ -2,10 +2,13 @@
 
 Hook order and what each one does:
 
-* ``prepare_data`` (once per machine): generate the synthetic set when asked, then the checks
-  below, writing the vocabulary file.
+* ``prepare_data`` (once per machine, on local rank zero; the other ranks wait): generate the
+  synthetic set when asked, then the checks below, writing the vocabulary file, and, when a
+  frozen encoder is attached, the feature caches of the splits the Trainer is about to use,
+  computed on the Trainer's device (the GPU when training on one).
 * ``setup(stage)`` (every process): the same checks (cached in-process), load/build the vocabulary,
-  build the datasets for the stage (and the feature cache / preloaded pixels when enabled).
+  build the datasets for the stage (reading the feature cache, or building it when setup runs
+  without a Trainer; preloading pixels when enabled).
 
 All user mistakes surface here as one-line :class:`~imgcap.errors.DataError`, before any
 DataLoader worker starts. Nothing is written until every check has passed, and every write is
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,7 @@ from imgcap.data.datasets import (
     collate_eval,
     collate_train,
 )
-from imgcap.data.feature_cache import build_feature_cache
+from imgcap.data.feature_cache import build_feature_cache, default_batch_size
 from imgcap.data.shapes import META_FILE, generate_shapes, is_complete_shapes_dataset
 from imgcap.data.transforms import check_image_file, eval_transform, train_transform
 from imgcap.data.vocab import Vocabulary
@@ -50,6 +54,24 @@ _STAGE_SPLITS = {
 }
 
 
+def resolve_num_workers(value: int | str) -> int:
+    """``auto`` -> one loader worker per CPU this process may use, less one for the main
+    process, at most 8 (JPEG decoding past that rarely pays); an int as given."""
+    if value == "auto":
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cpus = os.cpu_count() or 1
+        return max(0, min(8, cpus - 1))
+    try:
+        workers = int(value)
+    except (TypeError, ValueError):
+        workers = -1
+    if workers < 0:
+        raise ConfigError(f"data.num_workers must be 'auto' or an int >= 0, got {value!r}")
+    return workers
+
+
 class Flickr8kDataModule(L.LightningDataModule):
     """Flickr8k (any of the three layouts) or the generated shapes set.
 
@@ -62,7 +84,7 @@ class Flickr8kDataModule(L.LightningDataModule):
         root: str = "data/flickr8k",
         batch_size: int = 32,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
         image_size: int = 224,
@@ -97,7 +119,7 @@ class Flickr8kDataModule(L.LightningDataModule):
         self.root = Path(root).expanduser()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
+        self.num_workers = resolve_num_workers(num_workers)
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.image_size = image_size
@@ -151,6 +173,14 @@ class Flickr8kDataModule(L.LightningDataModule):
             self._ensure_synthetic()
         self._load_annotations()
         self._load_vocab()
+        if self.cache_features and self._encoder is not None:
+            # the splits the Trainer is about to use (fit: train + val; test: test)
+            trainer = getattr(self, "trainer", None)
+            stage = trainer.state.fn.value if trainer is not None and trainer.state.fn else None
+            splits = self._load_annotations().splits
+            for split in _STAGE_SPLITS.get(stage, _STAGE_SPLITS[None]):
+                if splits.get(split):
+                    self._feature_store(split)
 
     def setup(self, stage: str | None = None) -> None:
         self._load_annotations()
@@ -283,24 +313,7 @@ class Flickr8kDataModule(L.LightningDataModule):
                     "data.augment is ignored with data.cache_features=true (features are precomputed)",
                     stacklevel=2,
                 )
-            try:
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise DataError(
-                    f"cannot create the cache folder {self.cache_dir} ({e}); set data.cache_dir to a writable folder"
-                ) from None
-            store = build_feature_cache(
-                self.cache_dir,
-                ids,
-                ImageListDataset(ids, ImageFiles(ann.image_dir, eval_transform(self.image_size))),
-                self._encoder,
-                self._encoder_key,
-                self.image_size,
-                batch_size=self.eval_batch_size,
-                num_workers=self.num_workers,
-                quiet=self.quiet,
-                desc=f"feature cache ({split})",
-            )
+            store = self._feature_store(split)
             source = CachedFeatures(store)
         elif self.preload:
             source = PreloadedImages(
@@ -328,6 +341,36 @@ class Flickr8kDataModule(L.LightningDataModule):
                 self.max_caption_len,
             )
         return CaptionEvalDataset(ids, ann.captions, source)
+
+    def _feature_store(self, split: str):
+        """The split's feature cache: read it, or compute it on the training device."""
+        ann = self._load_annotations()
+        ids = ann.splits[split]
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(
+                f"cannot create the cache folder {self.cache_dir} ({e}); set data.cache_dir to a writable folder"
+            ) from None
+        # Under a Trainer the cache is built where training will run (its root device: the
+        # GPU), even though the model is moved there only later; without one, where the encoder is.
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else None
+        if device is None:
+            device = next((p.device for p in self._encoder.parameters()), torch.device("cpu"))
+        return build_feature_cache(
+            self.cache_dir,
+            ids,
+            ImageListDataset(ids, ImageFiles(ann.image_dir, eval_transform(self.image_size))),
+            self._encoder,
+            self._encoder_key,
+            self.image_size,
+            batch_size=default_batch_size(device, self.eval_batch_size),
+            num_workers=self.num_workers,
+            quiet=self.quiet,
+            desc=f"feature cache ({split})",
+            device=device,
+        )
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         if split not in self.datasets:

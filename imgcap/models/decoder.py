@@ -11,9 +11,22 @@ One decoding step, from previous word y_{t-1} and state (h, c):
     logits = out(dropout(h'))                                   # plain output
     logits = out(dropout(embed(y_{t-1}) + L_h h' + L_z z))      # deep output (deep_output=True)
 
-``step`` is that function and everything calls it: training (``forward``), greedy decoding and
-beam search. The teacher-forced fast path in ``forward`` runs the same two halves of ``step``
-(``advance`` then ``output_logits``), only batching the output layer over all steps.
+``step`` is that function and everything calls it: greedy decoding and beam search. Teacher-forced
+training (``forward``) unrolls the same equations in one of two ways, chosen by ``unroll``:
+
+* ``shrink``: sort by length and run step t on the captions still going only (the rows
+  ``[:n_t]``). Least arithmetic; the batch size changes every step and reading the step counts
+  costs one host sync. Fastest on the CPU, where arithmetic is the cost.
+* ``fixed``: every step runs on the whole (B, ...) batch; padded positions are masked at the end.
+  The parts that do not depend on the recurrence are hoisted out of the loop: the embedding half
+  of the LSTM input gates for all steps is one matmul, and the three projections of h (attention
+  ``W_h h``, gate ``f_beta(h)``, LSTM ``W_hh h``) are one matmul per step. Shapes are static and
+  there is no host sync, so the unroll can be captured as a CUDA graph (see ``cuda_graphs.py``):
+  on a GPU, where kernel launches rather than arithmetic bound this small recurrence, that is
+  what makes it fast.
+
+``auto`` (the default) picks ``fixed`` for CUDA tensors and ``shrink`` elsewhere. Both give the
+same logits to float tolerance (tests/test_decoder_paths.py).
 """
 
 from __future__ import annotations
@@ -21,9 +34,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from imgcap.data.vocab import PAD_ID
+from imgcap.errors import ConfigError
 from imgcap.models.attention import AdditiveAttention
 
 
@@ -63,11 +78,14 @@ class DecoderState:
         return replace(self, h=h, c=c)
 
 
+UNROLL_MODES = ("auto", "shrink", "fixed")
+
+
 class AttentionLSTMDecoder(nn.Module):
     """Attention LSTM decoder; see the module docstring for the step equations.
 
     Attributes mirror the constructor (``vocab_size, encoder_dim, embed_dim, decoder_dim,
-    attention_dim, dropout, deep_output, precompute_projection``). Layers: ``embedding``,
+    attention_dim, dropout, deep_output, precompute_projection, unroll``). Layers: ``embedding``,
     ``attention`` (``encoder_proj``, ``decoder_proj``, ``score``), ``init_h``, ``init_c``,
     ``f_beta``, ``lstm``, ``drop``, ``out`` and, with deep output, ``deep_h``, ``deep_z``.
     """
@@ -82,6 +100,7 @@ class AttentionLSTMDecoder(nn.Module):
         dropout: float = 0.5,
         deep_output: bool = False,
         precompute_projection: bool = True,
+        unroll: str = "auto",
     ):
         super().__init__()
         self.vocab_size = vocab_size
@@ -93,6 +112,11 @@ class AttentionLSTMDecoder(nn.Module):
         self.deep_output = deep_output
         # False recomputes W_e e at every step: slower, same results; kept for the benchmark
         self.precompute_projection = precompute_projection
+        if unroll not in UNROLL_MODES:
+            raise ConfigError(f"model.decoder_unroll must be one of {UNROLL_MODES}, got {unroll!r}")
+        self.unroll = unroll
+        # Optional replacement for ``forward_fixed`` (e.g. a CUDA-graph replayer), same signature.
+        self.fixed_runner = None
 
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
         self.attention = AdditiveAttention(encoder_dim, decoder_dim, attention_dim)
@@ -159,6 +183,12 @@ class AttentionLSTMDecoder(nn.Module):
 
     # ---- training ----------------------------------------------------------------------------
 
+    def unroll_mode(self, device: torch.device) -> str:
+        """The teacher-forced unroll used for tensors on ``device``: ``shrink`` or ``fixed``."""
+        if self.unroll != "auto":
+            return self.unroll
+        return "fixed" if device.type == "cuda" else "shrink"
+
     def forward(
         self,
         features: torch.Tensor,
@@ -184,6 +214,27 @@ class AttentionLSTMDecoder(nn.Module):
         Returns:
             logits (B, T-1, V) and alphas (B, T-1, P).
         """
+        if teacher_forcing_ratio >= 1.0 and self.unroll_mode(captions.device) == "fixed":
+            if lengths is None:
+                lengths = torch.full(
+                    (captions.shape[0],),
+                    captions.shape[1],
+                    dtype=torch.long,
+                    device=captions.device,
+                )
+            run = self.fixed_runner or self.forward_fixed
+            return run(features, captions, lengths.to(device=captions.device, dtype=torch.long))
+        return self.forward_shrinking(features, captions, lengths, teacher_forcing_ratio, generator)
+
+    def forward_shrinking(
+        self,
+        features: torch.Tensor,
+        captions: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        teacher_forcing_ratio: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` with the shrinking batch (also the scheduled-sampling path)."""
         B, T = captions.shape
         steps = T - 1
         device = captions.device
@@ -253,3 +304,65 @@ class AttentionLSTMDecoder(nn.Module):
             inverse = torch.argsort(order)  # undo the length sort
             logits, alpha_out = logits[inverse], alpha_out[inverse]
         return logits, alpha_out
+
+    def forward_fixed(
+        self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced ``forward`` with static shapes: every step runs on all B rows.
+
+        features (B, P, C), captions (B, T) long, lengths (B,) long on the captions' device
+        -> logits (B, T-1, V), alphas (B, T-1, P), zero after each caption's last step.
+        No host sync and no data-dependent branch, so it can be captured as a CUDA graph.
+        """
+        B, T = captions.shape
+        steps = T - 1
+        E, A, C = self.embed_dim, self.attention_dim, self.encoder_dim
+        state = self.init_state(features)
+        projected = state.projected
+        if projected is None:
+            projected = self.attention.project(features)  # (B, P, A)
+        h, c = state.h, state.c
+
+        lstm = self.lstm
+        emb = self.embedding(captions[:, :-1])  # (B, T-1, E)
+        # The LSTM input is [emb; z]: its emb half (plus both biases) for all steps in one matmul.
+        x_gates = F.linear(emb, lstm.weight_ih[:, :E], lstm.bias_ih + lstm.bias_hh)  # (B, T-1, 4D)
+        w_z = lstm.weight_ih[:, E:]  # (4D, C)
+        # Everything that reads h, in one matmul: [W_h; f_beta; W_hh] h -> (B, A + C + 4D).
+        w_h = torch.cat([self.attention.decoder_proj.weight, self.f_beta.weight, lstm.weight_hh])
+        b_h = torch.cat(
+            [
+                self.attention.decoder_proj.bias,
+                self.f_beta.bias,
+                lstm.bias_hh.new_zeros(4 * h.shape[1]),
+            ]
+        )
+        score = self.attention.score
+        hs, zs, alphas = [], [], []
+        for t in range(steps):
+            att_h, gate_h, hh = F.linear(h, w_h, b_h).split([A, C, 4 * h.shape[1]], dim=1)
+            hidden = torch.tanh(projected + att_h.unsqueeze(1))  # (B, P, A)
+            alpha = score(hidden).squeeze(-1).softmax(dim=-1)  # (B, P)
+            context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)  # (B, C)
+            z = torch.sigmoid(gate_h) * context  # (B, C)
+            gates = torch.addmm(x_gates[:, t] + hh, z, w_z.t())  # (B, 4D), order i, f, g, o
+            i, f, g, o = gates.chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            hs.append(h)
+            zs.append(z)
+            alphas.append(alpha)
+        if steps == 0:
+            return (
+                features.new_zeros(B, 0, self.vocab_size),
+                features.new_zeros(B, 0, features.shape[1]),
+            )
+        h_all, z_all = torch.stack(hs, 1), torch.stack(zs, 1)  # (B, T-1, D), (B, T-1, C)
+        logits = self.output_logits(h_all, z_all, emb)  # (B, T-1, V), one matmul
+        # Caption i predicts lengths[i] - 1 tokens; later positions are padding targets.
+        active = torch.arange(steps, device=captions.device).unsqueeze(0) < (lengths - 1).unsqueeze(
+            1
+        )
+        mask = active.unsqueeze(-1)  # (B, T-1, 1)
+        alpha_all = torch.stack(alphas, 1)  # (B, T-1, P)
+        return logits * mask.to(logits.dtype), alpha_all * mask.to(alpha_all.dtype)
