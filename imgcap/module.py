@@ -20,6 +20,7 @@ import torch
 from torchmetrics import MaxMetric, MinMetric
 
 from imgcap.data.vocab import Vocabulary
+from imgcap.errors import ConfigError
 from imgcap.metrics import CaptionMetric
 from imgcap.models.cuda_graphs import GraphedUnroll
 from imgcap.models.decoder import AttentionLSTMDecoder
@@ -82,6 +83,8 @@ class CaptioningModule(L.LightningModule):
         channels_last: bool | str = "auto",
     ) -> None:
         super().__init__()
+        _check_switch("cuda_graphs", cuda_graphs)
+        _check_switch("channels_last", channels_last)
         # Partials are code, not settings: a checkpoint must load with weights_only unpickling.
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.optimizer_factory = optimizer
@@ -265,9 +268,10 @@ class CaptioningModule(L.LightningModule):
 
 
 def _wanted(setting: bool | str, default: bool) -> bool:
-    """``auto`` -> default; true/false (bools or their spellings) as given."""
-    if isinstance(setting, str):
-        if setting == "auto":
-            return default
-        return setting.lower() in ("true", "1", "yes", "on")
-    return bool(setting)
+    """``auto`` -> default; booleans as given."""
+    return default if setting == "auto" else bool(setting)
+
+
+def _check_switch(name: str, value: Any) -> None:
+    if value != "auto" and not isinstance(value, bool):
+        raise ConfigError(f"model.{name} must be auto, true or false, got {value!r}")

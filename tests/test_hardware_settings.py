@@ -84,3 +84,14 @@ def test_gpu_speed_ups_stay_off_on_cpu(tmp_path):
     assert model.decoder.fixed_runner is None and not model._channels_last
     conv = next(m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous()
+
+
+def test_speed_switches_reject_unknown_values():
+    from imgcap.module import CaptioningModule
+
+    with pytest.raises(ConfigError, match="model.cuda_graphs"):
+        CaptioningModule(
+            ["<pad>", "<start>", "<end>", "<unk>"],
+            encoder={"arch": "small_cnn", "weights": None},
+            cuda_graphs="sometimes",
+        )
