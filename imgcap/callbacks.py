@@ -217,6 +217,19 @@ class InterruptCheckpoint(L.Callback):
             }
 
 
+class ValidateAfterLastEpoch(L.Callback):
+    """Validate after the last epoch whatever ``check_val_every_n_epoch`` says.
+
+    Otherwise ``max_epochs=2`` with validation every 10 epochs ends without a score: no best
+    checkpoint, no samples, and a sweep objective of None.
+    """
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        last = trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1
+        if last and trainer.check_val_every_n_epoch not in (None, 1):
+            trainer.check_val_every_n_epoch = 1
+
+
 def to_display_image(image: torch.Tensor) -> np.ndarray:
     """Undo the ImageNet normalisation: (3, H, W) float -> (H, W, 3) uint8."""
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -229,7 +242,10 @@ class CaptionSampleLogger(L.Callback):
     """After each validation, show a few images with predicted and reference captions.
 
     W&B gets a ``val/samples`` table and ``val/attention`` overlays; every run also writes
-    ``samples/epoch_XXX.json`` (and the overlay PNGs) into the run directory.
+    ``samples/epoch_XXX.json`` (and the overlay PNGs) into the run directory. When training
+    on cached features the batches hold no pixels: the few sample pictures are then read from
+    disk (resized and cropped as for the cache), and their attention is the one computed from
+    the cached features during validation.
     """
 
     def __init__(self, num_samples: int = 8, num_attention: int = 2) -> None:
@@ -269,6 +285,9 @@ class CaptionSampleLogger(L.Callback):
             return
         from imgcap.visualize import attention_overlay
 
+        for sample in self._samples:
+            if sample["image"] is None:  # cached features: the picture comes from disk
+                sample["image"] = self._picture_from_disk(trainer, sample["image_id"])
         epoch = trainer.current_epoch
         out_dir = Path(trainer.default_root_dir) / "samples"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -288,6 +307,23 @@ class CaptionSampleLogger(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self._log_wandb(logger, overlays)
+
+    @staticmethod
+    def _picture_from_disk(trainer: L.Trainer, image_id: str) -> np.ndarray | None:
+        """The (S, S, 3) uint8 crop the encoder saw when the cache was built (the same resize
+        and centre crop), read from the dataset's image folder; None when unavailable."""
+        from imgcap.data.transforms import load_image, to_uint8
+        from imgcap.errors import DataError
+
+        datamodule = getattr(trainer, "datamodule", None)
+        annotations = getattr(datamodule, "annotations", None)
+        if annotations is None:
+            return None
+        try:
+            image = load_image(Path(annotations.image_dir) / image_id)
+        except DataError:
+            return None
+        return to_uint8(image, int(datamodule.image_size)).permute(1, 2, 0).numpy()
 
     def _log_wandb(self, logger: WandbLogger, overlays: list) -> None:
         import wandb

@@ -1,7 +1,9 @@
-"""Shared plumbing of the entry scripts: one clear line for user mistakes, not a traceback."""
+"""Shared plumbing of the entry scripts: one clear line for user mistakes, not a traceback;
+the composed config shown once at start; a console without noise."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -9,18 +11,79 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from imgcap.errors import ImgcapError
+
+# Messages that say nothing actionable to a user of the scripts (each from a library we
+# call, not from a mistake of the user); matched narrowly so that real problems still show.
+NOISE_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*predict_dataloader.*",
+    # Lightning's own use of a torch API that torch deprecated.
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    # A frozen encoder is kept in eval mode on purpose (BatchNorm statistics stay fixed).
+    r".*module\(s\) in eval mode at the start of training.*",
+    # Scores are gathered across processes by the metric itself before they are logged.
+    r"It is recommended to use `self.log\('(val|test)/.*sync_dist=True.*",
+)
+NOISE_LOG_PREFIXES = ("💡 Tip:",)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(NOISE_LOG_PREFIXES)
+
+
+def silence_noise() -> None:
+    """Filter the advertising tips and library deprecations out of the console."""
+    for pattern in NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
 
 
 def prepare_environment(script: str) -> None:
     """Anchor ``paths.root_dir`` at the scripts' folder whatever the working directory is."""
     os.environ.setdefault("PROJECT_ROOT", str(Path(script).resolve().parent))
     register_resolvers()
-    # Noise that says nothing actionable to a user of the scripts.
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*predict_dataloader.*")
+    silence_noise()
+
+
+def is_rank_zero() -> bool:
+    """False in the extra processes of a multi-process (DDP) run."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def config_tree(cfg: DictConfig) -> str:
+    """The resolved config as a tree, one branch per top-level key (unresolvable values, like
+    ``???`` ones, are shown as written)."""
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    for key in cfg:
+        if key == "hydra":
+            continue
+        node = cfg._get_node(key)
+        if not OmegaConf.is_config(node):  # a plain value: one leaf
+            try:
+                value = cfg[key]
+            except Exception:  # noqa: BLE001
+                value = node._value()
+            tree.add(f"{key}: {value}")
+            continue
+        try:
+            text = OmegaConf.to_yaml(node, resolve=True) if OmegaConf.is_config(node) else str(node)
+        except Exception:  # noqa: BLE001 - show what was written when it cannot resolve
+            text = OmegaConf.to_yaml(node) if OmegaConf.is_config(node) else str(node)
+        tree.add(str(key)).add(Syntax(text.rstrip("\n"), "yaml", theme="ansi_dark"))
+    console = Console(record=True, width=100, file=sys.stdout)
+    console.print(tree)
+    return console.export_text()
 
 
 _RUN_DIRS: dict[str, str] = {}
@@ -72,6 +135,12 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     A run stopped by SIGTERM/SIGINT has printed its resume line already and exits with
     128 + the signal number (:class:`~imgcap.errors.Interrupted` is a SystemExit)."""
     try:
+        if cfg.get("print_config") and is_rank_zero():
+            text = config_tree(cfg)
+            output_dir = cfg.get("paths", {}).get("output_dir")
+            if output_dir:
+                Path(output_dir).mkdir(parents=True, exist_ok=True)
+                (Path(output_dir) / "config_tree.log").write_text(text)
         return task(cfg)
     except ImgcapError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)

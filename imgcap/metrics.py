@@ -39,6 +39,7 @@ __all__ = [
     "java_available",
     "ptb_tokenize",
     "python_ptb_tokenize",
+    "scoring_info",
 ]
 
 METRIC_KEYS: tuple[str, ...] = (
@@ -275,14 +276,23 @@ def python_ptb_tokenize(sentences: Sequence[str]) -> list[str]:
     return out
 
 
+TOKENIZER_JAVA = "stanford-ptb-java"
+TOKENIZER_PYTHON = "python-ptb-imitation"
+# The tokeniser of the latest ptb_tokenize call in this process (metrics.json records it).
+_last_tokenizer: str | None = None
+
+
 def ptb_tokenize(sentences: Sequence[str]) -> list[str]:
     """Tokenise like pycocoevalcap's PTBTokenizer (Java when present, else the Python stand-in).
 
     Returns one space-joined, lower-cased string per input with punctuation tokens removed.
     """
+    global _last_tokenizer
     if java_available():
         try:
-            return _java_ptb_tokenize(sentences)
+            tokens = _java_ptb_tokenize(sentences)
+            _last_tokenizer = TOKENIZER_JAVA
+            return tokens
         except (OSError, RuntimeError) as err:
             _warn_once(
                 "ptb-java-failed",
@@ -290,7 +300,20 @@ def ptb_tokenize(sentences: Sequence[str]) -> list[str]:
             )
     else:
         _warn_once("no-java", _NO_JAVA_MESSAGE)
+    _last_tokenizer = TOKENIZER_PYTHON
     return python_ptb_tokenize(sentences)
+
+
+def scoring_info(scores: dict[str, float] | None = None) -> dict[str, Any]:
+    """How the latest scores were made, for metrics.json: the tokeniser that ran
+    (``stanford-ptb-java`` or ``python-ptb-imitation``), whether METEOR ran (it is in
+    ``scores``), and that SPICE is not computed."""
+    return {
+        "tokenizer": _last_tokenizer or (TOKENIZER_JAVA if java_available() else TOKENIZER_PYTHON),
+        "meteor": bool(scores) and "METEOR" in scores,
+        "spice": False,
+        "scorer": "pycocoevalcap",
+    }
 
 
 # --------------------------------------------------------------------------------------------

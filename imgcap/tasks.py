@@ -19,16 +19,28 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from imgcap.callbacks import FiniteGuard, InterruptCheckpoint, RngState, RunConfigInCheckpoint
-from imgcap.checkpoint import load_captioner
+from imgcap.callbacks import (
+    FiniteGuard,
+    InterruptCheckpoint,
+    RngState,
+    RunConfigInCheckpoint,
+    ValidateAfterLastEpoch,
+)
+from imgcap.cli import is_rank_zero
 from imgcap.config_checks import check_train_config
 from imgcap.errors import ConfigError, ImgcapError, Interrupted
 from imgcap.hardware import register_resolvers, use_tensor_cores_for_float32
-from imgcap.metrics import compute_caption_metrics
+from imgcap.loggers import (
+    build_loggers,
+    finish_wandb,
+    human_count,
+    log_run_summary,
+    parameter_counts,
+)
+from imgcap.metrics import compute_caption_metrics, scoring_info
 from imgcap.resume import job_overrides, resume_config, signal_stop
 
 log = logging.getLogger(__name__)
@@ -63,50 +75,6 @@ def format_scores(scores: dict[str, float], title: str) -> str:
     width = max(len(n) for n in names) if names else 0
     lines = [title] + [f"  {n:<{width}}  {scores[n]:.4f}" for n in names]
     return "\n".join(lines)
-
-
-def configure_wandb_environment() -> None:
-    """Never prompt for a login: without credentials, W&B logs offline (sync later)."""
-    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
-        return
-    netrc = Path.home() / ".netrc"
-    if not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")):
-        os.environ["WANDB_MODE"] = "offline"
-        log.info("no W&B credentials found: logging offline (upload later with `wandb sync`)")
-
-
-def sweep_job() -> tuple[str, str] | None:
-    """(sweep directory name, this job's overrides) under a Hydra multirun, else None.
-
-    W&B groups a sweep's runs by the first and names each run by the second."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        hydra_cfg = HydraConfig.get()
-    except ValueError:  # not running under @hydra.main (e.g. tests calling train directly)
-        return None
-    if str(hydra_cfg.mode) != "RunMode.MULTIRUN":
-        return None
-    return Path(hydra_cfg.sweep.dir).name, hydra_cfg.job.override_dirname or str(hydra_cfg.job.num)
-
-
-def build_loggers(cfg: DictConfig) -> list[Logger]:
-    loggers = []
-    for name, logger_cfg in (cfg.get("logger") or {}).items():
-        logger_cfg = OmegaConf.to_container(logger_cfg, resolve=True)
-        if "WandbLogger" in logger_cfg.get("_target_", ""):
-            configure_wandb_environment()
-            watch = logger_cfg.pop("watch", None), logger_cfg.pop("watch_log_freq", 100)
-            group, name = sweep_job() or (None, None)
-            logger_cfg["group"] = logger_cfg.get("group") or group
-            logger_cfg["name"] = logger_cfg.get("name") or name
-            logger = instantiate(logger_cfg)
-            logger._imgcap_watch = watch
-        else:
-            logger = instantiate(logger_cfg)
-        loggers.append(logger)
-        log.info("logger %s: %s", name, type(logger).__name__)
-    return loggers
 
 
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
@@ -150,6 +118,8 @@ def train(cfg: DictConfig) -> float | None:
 
     With ``ckpt_path=`` the run the checkpoint came from resumes, in its own directory and with
     its own config (see :mod:`imgcap.resume`); without it a fresh run starts, never a resume.
+    Validation always runs after the last epoch (whatever ``check_val_every_n_epoch``), so every
+    run that trains has a best checkpoint, samples and an objective for sweeps.
     """
     if cfg.get("ckpt_path"):
         cfg = resume_config(cfg)  # reads the checkpoint safely: one line when it is bad
@@ -157,10 +127,21 @@ def train(cfg: DictConfig) -> float | None:
     resume_from = cfg.get("ckpt_path") or None
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     use_tensor_cores_for_float32()
 
     datamodule, model = build_data_and_model(cfg)
+    annotations = getattr(datamodule, "annotations", None)
+    split_info = annotations.split_info() if annotations is not None else {}
+    params = parameter_counts(model)
+    if is_rank_zero():
+        if annotations is not None:
+            print(annotations.describe())
+        print(
+            f"model: {human_count(params['total'])} parameters "
+            f"({human_count(params['trainable'])} trainable; encoder "
+            f"{human_count(params.get('encoder', 0))}, decoder {human_count(params.get('decoder', 0))})"
+        )
     run_config = OmegaConf.to_container(cfg, resolve=True)
     loggers = build_loggers(cfg)
     overrides, choices = job_overrides()
@@ -170,10 +151,16 @@ def train(cfg: DictConfig) -> float | None:
         *build_callbacks(cfg, has_logger=bool(loggers)),
         RunConfigInCheckpoint(run_config, overrides, choices),
         RngState(),
+        ValidateAfterLastEpoch(),
     ]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    extra: dict[str, Any] = {}
+    if "enable_model_summary" not in cfg.trainer:
+        extra["enable_model_summary"] = False  # the one-line summary above replaces the table
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra
+    )
     for logger in loggers:
-        logger.log_hyperparams(run_config)
+        logger.log_hyperparams({**run_config, "data_split": split_info, "model_params": params})
         watch, freq = getattr(logger, "_imgcap_watch", (None, 100))
         if watch:
             logger.watch(model, log=watch, log_freq=freq)
@@ -197,9 +184,14 @@ def train(cfg: DictConfig) -> float | None:
                     else ""
                 )
                 if cfg.get("test"):
-                    # Without a checkpoint (fast_dev_run) the final weights are tested.
+                    # Without a checkpoint (fast_dev_run) the final weights are tested. The
+                    # project's own table below replaces Lightning's.
                     trainer.test(
-                        model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True
+                        model,
+                        datamodule=datamodule,
+                        ckpt_path=best_path or None,
+                        weights_only=True,
+                        verbose=False,
                     )
                     if stop.signum is not None:
                         raise SIGTERMException()
@@ -209,15 +201,44 @@ def train(cfg: DictConfig) -> float | None:
                 raise interrupted(trainer, stop, output_dir) from err
         metrics["best_checkpoint"] = best_path or None
         metrics["epochs"] = trainer.current_epoch
-        write_json(output_dir / "metrics.json", metrics)
+        scored = model.latest_scores.get("test") or model.latest_scores.get("val")
+        metrics.update(
+            {
+                **split_info,
+                "beam_size": int(model.hparams.beam_size),
+                "length_penalty": float(model.hparams.length_penalty),
+                "max_len": int(model.hparams.max_len),
+                "scoring": scoring_info(scored),
+                "model_params": params,
+            }
+        )
+        if trainer.is_global_zero:
+            write_json(output_dir / "metrics.json", metrics)
+            summary = {k: v for k, v in metrics.items() if k.startswith("test/")}
+            summary.update(best_checkpoint=metrics["best_checkpoint"], model_params=params)
+            log_run_summary(loggers, summary, [output_dir / "metrics.json"])
     finally:
         finish_wandb(loggers)
 
     test_scores = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("test/")}
-    if test_scores:
+    if test_scores and trainer.is_global_zero:
         print(format_scores(test_scores, f"test scores ({output_dir / 'metrics.json'}):"))
+    return objective_value(cfg, metrics)
+
+
+def objective_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    """The value of ``optimized_metric`` (what a sweep optimises), as a float."""
     objective = cfg.get("optimized_metric")
-    return metrics.get(objective) if objective else None
+    if not objective:
+        return None
+    value = metrics.get(objective)
+    if value is None:
+        available = sorted(k for k, v in metrics.items() if isinstance(v, float))
+        raise ConfigError(
+            f"optimized_metric={objective} was not computed by this run (it has: "
+            f"{', '.join(available) or 'no scores'}); set monitor= to one of them"
+        )
+    return float(value)
 
 
 def interrupted(trainer: L.Trainer, stop: Any, output_dir: Path) -> Interrupted:
@@ -241,24 +262,7 @@ def interrupted(trainer: L.Trainer, stop: Any, output_dir: Path) -> Interrupted:
     return Interrupted(message, stop.exit_code)
 
 
-def finish_wandb(loggers: list) -> None:
-    """Close the W&B run so that the next job of a sweep starts a run of its own."""
-    if any(isinstance(lg, WandbLogger) for lg in loggers):
-        import wandb
-
-        wandb.finish()
-        # Stop the background service too: it closes the run's log file, so an offline run is
-        # complete on disk (ready for `wandb sync`) when train() returns.
-        wandb.teardown()
-
-
 # ---------------------------------------------------------------------------------- evaluate
-def _device(accelerator: str) -> torch.device:
-    if accelerator in ("auto", "gpu", "cuda"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(accelerator)
-
-
 def beam_sizes(value: Any, default: int) -> list[int]:
     """``beam_size=3`` or ``beam_size='[1,3,5]'`` -> a list of positive ints."""
     if value is None:
@@ -266,9 +270,10 @@ def beam_sizes(value: Any, default: int) -> list[int]:
     values = list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else [value]
     try:
         sizes = [int(v) for v in values]
+        ok = bool(sizes) and min(sizes) >= 1 and sizes == list(values)
     except (TypeError, ValueError):
-        sizes = []
-    if not sizes or min(sizes) < 1:
+        ok = False
+    if not ok:
         raise ConfigError(
             f"beam_size={value} must be a positive int or a list of them, e.g. beam_size='[1,3]'"
         )
@@ -278,20 +283,26 @@ def beam_sizes(value: Any, default: int) -> list[int]:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score a checkpoint on a split with one or more beam sizes, in one pass over the encoder.
 
-    Writes ``metrics.json`` (``<split>/<metric>`` for the first beam size, plus every beam size
-    under ``by_beam_size``) and ``predictions.json`` (image, hypothesis, references).
+    Writes ``metrics.json`` (``<split>/<metric>`` for the first beam size, every beam size
+    under ``by_beam_size``, and how the scores were made), ``predictions.json`` (image,
+    hypothesis, references) and the COCO-format ``references_coco.json`` and
+    ``results_coco.json`` (first beam size; ``results_coco_beam<k>.json`` for the others).
     """
     from tqdm.auto import tqdm
 
+    from imgcap.captioner import Captioner
+    from imgcap.coco import coco_references, coco_results
+
     output_dir = Path(cfg.paths.output_dir)
-    device = _device(cfg.accelerator)
     split = cfg.split
     if split not in ("val", "test"):
         raise ConfigError(f"split={split!r} is not one of val, test")
-    model, run_config = load_captioner(cfg.ckpt, map_location=device)
+    captioner = Captioner.from_checkpoint(cfg.ckpt, device=cfg.accelerator)
+    model, run_config, device = captioner.model, captioner.run_config, captioner.device
     beams = beam_sizes(cfg.beam_size, default=model.hparams.beam_size)
 
-    data_cfg = OmegaConf.merge(run_config["data"], cfg.get("data") or {})
+    overrides = {k: v for k, v in (cfg.get("data") or {}).items() if v is not None}
+    data_cfg = OmegaConf.merge(run_config["data"], overrides)
     data_cfg.cache_features = False  # one pass: the encoder runs on the images directly
     data_cfg.num_workers = cfg.num_workers
     data_cfg.persistent_workers = False
@@ -302,6 +313,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule.vocab = model.vocab
     datamodule.prepare_data()
     datamodule.setup("test" if split == "test" else "validate")
+    print(datamodule.annotations.describe())
     loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
 
     hypotheses: dict[int, list[str]] = {k: [] for k in beams}
@@ -315,7 +327,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             )
             for k in beams:
-                captions, _ = model.caption_features(features, beam_size=k, max_len=cfg.max_len)
+                captions, _ = captioner.caption_features(features, beam_size=k, max_len=cfg.max_len)
                 hypotheses[k].extend(captions)
             references.extend(batch["references"])
             image_ids.extend(batch["image_ids"])
@@ -326,6 +338,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     first = str(beams[0])
     metrics: dict[str, Any] = {f"{split}/{n}": v for n, v in by_beam[first].items()}
     metrics.update({"beam_size": beams[0], "by_beam_size": by_beam, "ckpt": str(cfg.ckpt)})
+    metrics.update(
+        {
+            "checkpoint": str(Path(cfg.ckpt).expanduser().resolve()),
+            "split": split,
+            **datamodule.annotations.split_info(),
+            "num_images": len(image_ids),
+            "length_penalty": float(model.hparams.length_penalty),
+            "max_len": int(cfg.max_len or model.hparams.max_len),
+            "scoring": scoring_info(by_beam[first]),
+        }
+    )
     predictions = [
         {
             "image": image_id,
@@ -341,13 +364,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ]
     write_json(output_dir / "metrics.json", metrics)
     write_json(output_dir / "predictions.json", predictions)
+    write_json(
+        output_dir / "references_coco.json",
+        coco_references(image_ids, references, f"imgcap {split} references ({cfg.ckpt})"),
+    )
+    for k in beams:
+        name = "results_coco.json" if k == beams[0] else f"results_coco_beam{k}.json"
+        write_json(output_dir / name, coco_results(image_ids, hypotheses[k]))
     for k in beams:
         print(
             format_scores(
                 by_beam[str(k)], f"{split} scores, beam size {k} ({len(image_ids)} images):"
             )
         )
-    print(f"wrote {output_dir / 'metrics.json'} and {output_dir / 'predictions.json'}")
+    print(f"wrote metrics.json, predictions.json and the COCO files to {output_dir}")
     return metrics
 
 
@@ -377,32 +407,49 @@ def collect_images(images: Any) -> list[Path]:
 
 
 def caption(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Caption the user's own photos; optionally write attention overlays as PNGs."""
-    from imgcap.data.transforms import eval_transform, load_image
+    """Caption the user's own photos; optionally write attention overlays as PNGs.
+
+    An unreadable image among several is skipped with one warning line; the rest are
+    captioned. Overlays are drawn on the crop the model saw (see :class:`Captioner`).
+    """
+    from imgcap.captioner import Captioner, check_beam_size
+    from imgcap.data.transforms import load_image
+    from imgcap.errors import DataError
     from imgcap.visualize import attention_overlay
 
     output_dir = Path(cfg.paths.output_dir)
-    device = _device(cfg.accelerator)
-    model, run_config = load_captioner(cfg.ckpt, map_location=device)
-    image_size = int(run_config["data"]["image_size"])
-    transform = eval_transform(image_size)
+    beam = check_beam_size(cfg.beam_size)
+    paths = collect_images(cfg.images)
+    captioner = Captioner.from_checkpoint(cfg.ckpt, device=cfg.accelerator)
+
+    loaded: list[tuple[Path, Any]] = []
+    for path in paths:
+        try:
+            loaded.append((path, load_image(path)))
+        except DataError as err:
+            if len(paths) == 1:
+                raise
+            print(f"warning: skipped: {err}", file=sys.stderr)
+    if not loaded:
+        raise DataError(f"none of the {len(paths)} images could be read (see the warnings above)")
 
     results = []
-    for path in collect_images(cfg.images):
-        image = load_image(path)
-        pixels = transform(image).unsqueeze(0).to(device)  # (1, 3, S, S)
-        with torch.inference_mode():
-            captions, decoded = model.caption_features(
-                model.encoder(pixels), beam_size=cfg.beam_size, max_len=cfg.max_len
-            )
-        text = captions[0]
-        record: dict[str, Any] = {"image": str(path), "caption": text}
-        if cfg.attention and text:
-            png = output_dir / "attention" / f"{path.stem}.png"
-            shown = image.resize((image_size, image_size))
-            attention_overlay(shown, text.split(), decoded.alphas[0].cpu(), path=png)
-            record["attention_png"] = str(png)
-        print(f"{path}: {text}")
-        results.append(record)
+    batch_size = int(cfg.get("batch_size") or 16)
+    for start in range(0, len(loaded), batch_size):
+        chunk = loaded[start : start + batch_size]
+        captions = captioner(
+            [image for _, image in chunk], beam_size=beam, max_len=cfg.max_len, attention=True
+        )
+        for (path, _), out in zip(chunk, captions, strict=True):
+            record: dict[str, Any] = {"image": str(path), "caption": out.caption}
+            if cfg.attention and out.words:
+                png = output_dir / "attention" / f"{path.stem}.png"
+                attention_overlay(out.image, out.words, out.attention.flatten(1), path=png)
+                record["attention_png"] = str(png)
+            print(f"{path}: {out.caption}")
+            results.append(record)
+    skipped = [str(p) for p in paths if str(p) not in {r["image"] for r in results}]
     write_json(output_dir / "captions.json", results)
+    if skipped:
+        write_json(output_dir / "skipped.json", skipped)
     return results

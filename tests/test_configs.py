@@ -7,6 +7,7 @@ import lightning.pytorch as L
 import pytest
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from imgcap.data.datamodule import Flickr8kDataModule
 from imgcap.module import CaptioningModule
@@ -46,6 +47,12 @@ def test_experiment_composes_and_instantiates(experiment, tmp_path):
         "logger=none",
         "debug=fdr",
         "debug=overfit",
+        "debug=limit",
+        "debug=profiler",
+        "trainer=ddp_sim",
+        "trainer=mps",
+        "logger=tensorboard",
+        "logger=many",
     ],
 )
 def test_group_options_compose(config, tmp_path):
@@ -89,3 +96,55 @@ def test_optuna_search_composes(tmp_path):
         "model.optimizer.lr",
         "model.dropout",
     }
+
+
+def test_new_group_options_build_what_they_promise(tmp_path):
+    cfg = compose_train(tmp_path, ["debug=profiler", "trainer=cpu"])
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert type(trainer.profiler).__name__ == "SimpleProfiler"
+    cfg = compose_train(tmp_path, ["trainer=ddp_sim"])
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert trainer.strategy.process_group_backend == "gloo" and trainer.num_devices == 2
+    cfg = compose_train(tmp_path, ["debug=limit"])
+    assert cfg.trainer.limit_train_batches == 20 and cfg.trainer.max_epochs == 3
+
+
+def test_optional_local_config_is_applied_when_present(tmp_path):
+    """conf/local/default.yaml (git-ignored) holds machine-specific settings."""
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf, ignore=shutil.ignore_patterns("local"))
+    for present in (False, True):
+        if present:
+            (conf / "local").mkdir()
+            (conf / "local" / "default.yaml").write_text(
+                "# @package _global_\npaths:\n  data_dir: /srv/datasets\n"
+            )
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose(config_name="train")
+        expected = "/srv/datasets" if present else "${paths.root_dir}/data"
+        assert OmegaConf.to_container(cfg.paths)["data_dir"] == expected
+    assert "/conf/local/" in (CONF_DIR.parent / ".gitignore").read_text()
+
+
+def test_sweep_direction_follows_monitor_mode(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    compose_train(tmp_path, ["hparams_search=optuna", "monitor=val/loss", "monitor_mode=min"])
+    assert HydraConfig.get().sweeper.direction == "minimize"
+
+
+@pytest.mark.parametrize("task", ["train", "evaluate", "caption"])
+def test_each_task_runs_in_its_own_folder(task, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=task, return_hydra_config=True)
+    assert cfg.hydra.run.dir.startswith(f"./outputs/{task}/runs/")
+    assert cfg.hydra.sweep.dir.startswith(f"./outputs/{task}/multiruns/")

@@ -127,6 +127,52 @@ def test_karpathy_json_layout(tmp_path: Path) -> None:
     assert ann.captions["k1.jpg"] == ["A bird 1 ."]
 
 
+@pytest.mark.parametrize("layout", ["kaggle", "original"])
+def test_split_precedence_karpathy_then_official_then_seeded(tmp_path: Path, layout: str) -> None:
+    """With all three files present the Karpathy json wins, whatever the caption file; without
+    it the official lists; without both a seeded split."""
+    names = (make_kaggle if layout == "kaggle" else make_original)(tmp_path, n=6)
+    text = tmp_path if layout == "kaggle" else tmp_path / "Flickr8k_text"
+    official = {"train": names[:4], "val": [names[4]], "test": [names[5]]}
+    for ids, name in zip(official.values(), SPLIT_LISTS, strict=True):
+        (text / name).write_text("".join(n + "\n" for n in ids))
+    karpathy = {"train": names[2:], "val": [names[0]], "test": [names[1]]}
+    entries = [
+        {"filename": n, "split": s, "sentences": [{"raw": "x", "tokens": ["x"]}]}
+        for s, ids in karpathy.items()
+        for n in ids
+    ]
+    (tmp_path / "dataset_flickr8k.json").write_text(json.dumps({"images": entries}))
+
+    ann = load_annotations(tmp_path)
+    assert ann.layout == layout  # captions still come from the caption file
+    assert ann.split_source == "karpathy" and ann.splits == karpathy
+    assert ann.split_file == tmp_path / "dataset_flickr8k.json"
+    assert ann.split_info()["split_sizes"] == {"train": 4, "val": 1, "test": 1}
+    assert "split: karpathy" in ann.describe()
+    assert ann.captions[names[0]] != ["x"]
+
+    (tmp_path / "dataset_flickr8k.json").unlink()
+    ann = load_annotations(tmp_path)
+    assert ann.split_source == "official" and ann.splits == official
+
+    for name in SPLIT_LISTS:
+        (text / name).unlink()
+    assert load_annotations(tmp_path).split_source == "seeded"
+
+
+def test_karpathy_json_naming_uncaptioned_images_is_one_line(tmp_path: Path) -> None:
+    names = make_kaggle(tmp_path, n=3)
+    make_images(tmp_path / "Images", ["extra.jpg"])
+    entries = [
+        {"filename": n, "split": "train", "sentences": [{"raw": "x"}]}
+        for n in [*names, "extra.jpg"]
+    ]
+    (tmp_path / "dataset_flickr8k.json").write_text(json.dumps({"images": entries}))
+    with pytest.raises(DataError, match="have no captions in .*captions.txt"):
+        load_annotations(tmp_path)
+
+
 def test_original_layout_with_images_folder(tmp_path: Path) -> None:
     make_original(tmp_path)
     (tmp_path / "Flicker8k_Dataset").rename(tmp_path / "Images")

@@ -6,6 +6,8 @@ Three on-disk forms are recognised (checked in this order):
 * ``original``: ``Flicker8k_Dataset/`` (sic) or ``Images/`` + ``Flickr8k_text/Flickr8k.token.txt``
 * ``karpathy``: ``dataset_flickr8k.json`` next to ``Images/`` or ``Flicker8k_Dataset/``
 
+Splits: Karpathy's json, else the official lists, else a seeded split, whatever the layout.
+
 Every problem a user can fix is raised as a one-line :class:`~imgcap.errors.DataError` that names
 the file (and line) and says what to do.
 """
@@ -59,6 +61,26 @@ class Annotations:
     caption_file: Path | None = None
     split_source: str = "seeded"
     skipped: list[str] = field(default_factory=list)
+    # The Karpathy json or the folder of the official lists the splits come from (None: seeded).
+    split_file: Path | None = None
+
+    def split_info(self) -> dict[str, object]:
+        """Where the splits come from and their sizes: printed at start, kept in metrics.json."""
+        return {
+            "split_source": self.split_source,
+            "split_file": str(self.split_file) if self.split_file else None,
+            "split_sizes": {s: len(ids) for s, ids in self.splits.items()},
+            "caption_file": str(self.caption_file) if self.caption_file else None,
+        }
+
+    def describe(self) -> str:
+        """One line, e.g. ``split: karpathy (dataset_flickr8k.json), 6000/1000/1000 ...``."""
+        sizes = "/".join(str(len(self.splits.get(s, []))) for s in SPLITS)
+        where = f" ({self.split_file})" if self.split_file else " (data.split_seed)"
+        return (
+            f"split: {self.split_source}{where}, {sizes} train/val/test images; "
+            f"captions: {self.caption_file}"
+        )
 
 
 def _find_image_dir(root: Path) -> Path | None:
@@ -362,11 +384,18 @@ def seeded_split(image_ids: list[str], seed: int = 0) -> dict[str, list[str]]:
 # ---------------------------------------------------------------------------------- entry point
 
 
+def find_karpathy_json(root: Path) -> Path | None:
+    """Karpathy's ``dataset_flickr8k.json`` in ``root`` or ``root/Flickr8k_text``."""
+    return _first(root / KARPATHY_FILE, root / "Flickr8k_text" / KARPATHY_FILE)
+
+
 def load_annotations(root: str | Path, split_seed: int = 0) -> Annotations:
     """Detect the layout under ``root`` and return its captions and splits.
 
-    Splits come from the official lists when present, else from the Karpathy json, else from
-    :func:`seeded_split`.
+    Captions come from the detected caption file. Splits follow one precedence whatever that
+    file is, so that scores stay comparable with published ones: Karpathy's json when present
+    (``split_source="karpathy"``), else the official split lists (``"official"``), else
+    :func:`seeded_split` (``"seeded"``).
     """
     root = Path(root).expanduser()
     layout, caption_file, image_dir = detect_layout(root)
@@ -381,13 +410,26 @@ def load_annotations(root: str | Path, split_seed: int = 0) -> Annotations:
     if not captions:
         raise DataError(f"{caption_file}: no captions found; {MISSING_DATASET_HINT}")
 
+    karpathy = find_karpathy_json(root)
     lists = find_split_lists(root)
-    if lists is not None:
+    if karpathy is not None:
+        if json_splits is None:
+            json_splits = read_karpathy_json(karpathy, image_dir)[1]
+            for split, names in json_splits.items():
+                missing = [n for n in names if n not in captions]
+                if missing:
+                    raise DataError(
+                        f"{karpathy}: {len(missing)} {split} image(s) have no captions in "
+                        f"{caption_file} (first: {missing[0]}); use matching files"
+                    )
+        splits, source, split_file = json_splits, "karpathy", karpathy
+    elif lists is not None:
         splits, source = read_split_lists(lists, captions), "official"
-    elif json_splits is not None:
-        splits, source = json_splits, "karpathy"
+        split_file = lists["train"].parent
     else:
-        splits, source = seeded_split(list(captions), split_seed), "seeded"
+        splits, source, split_file = seeded_split(list(captions), split_seed), "seeded", None
     if not splits["train"]:
         raise DataError(f"{root}: the training split is empty; check the split lists")
-    return Annotations(image_dir, captions, splits, layout, caption_file, source, skipped)
+    return Annotations(
+        image_dir, captions, splits, layout, caption_file, source, skipped, split_file
+    )

@@ -429,7 +429,8 @@ class Flickr8kDataModule(L.LightningDataModule):
             generator=generator,
             drop_last=False,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            # Pinning helps only CUDA copies; elsewhere PyTorch warns and ignores it.
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=collate_train if split == "train" else collate_eval,
         )
