@@ -57,7 +57,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint not found: {path} (pass a file such as "
-            "outputs/runs/<date>/<time>/checkpoints/best.ckpt)"
+            "outputs/train/runs/<date>/<time>/checkpoints/best.ckpt)"
         )
     try:
         with warnings.catch_warnings():  # torch's notes on old pickle protocols: noise here
