@@ -109,8 +109,10 @@ def unique_dir(path: str) -> str:
 
 
 def register_resolvers() -> None:
-    from omegaconf import OmegaConf
+    """The config resolvers: ``unique_dir`` (run directories) and ``imgcap.precision``."""
+    from imgcap.hardware import register_resolvers as register_hardware_resolvers
 
+    register_hardware_resolvers()
     if not OmegaConf.has_resolver("unique_dir"):
         OmegaConf.register_new_resolver("unique_dir", unique_dir)
 

@@ -9,7 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from imgcap.hardware import register_resolvers
+from imgcap.cli import register_resolvers
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 

@@ -146,5 +146,9 @@ def test_each_task_runs_in_its_own_folder(task, tmp_path):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name=task, return_hydra_config=True)
-    assert cfg.hydra.run.dir.startswith(f"./outputs/{task}/runs/")
-    assert cfg.hydra.sweep.dir.startswith(f"./outputs/{task}/multiruns/")
+    # read unresolved: resolving ${unique_dir:...} would create the folder
+    run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
+    sweep_dir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["dir"]
+    assert run_dir.startswith("${unique_dir:${paths.log_dir}/${task_name}/runs/")
+    assert sweep_dir.startswith("${unique_dir:${paths.log_dir}/${task_name}/multiruns/")
+    assert cfg.task_name == task and cfg.paths.log_dir.rstrip("/").endswith("outputs")
