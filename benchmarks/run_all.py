@@ -370,7 +370,7 @@ def main() -> None:
         type=float,
         default=12.0,
         help="pycocoevalcap scoring of 1000 captions with METEOR (not importable on a bare GPU "
-        "machine; measured on the CPU, see benchmarks/RESULTS.md)",
+        "machine, so an assumed figure: override it with a time measured on your machine)",
     )
     args = parser.parse_args()
     smoke = args.smoke
