@@ -121,6 +121,9 @@ class FiniteGuard(L.Callback):
     non-finite is saved (:class:`InterruptCheckpoint` skips it too).
     """
 
+    def __init__(self) -> None:
+        self._first_bad: torch.Tensor | None = None  # (,) first non-finite step, on the GPU
+
     def on_train_batch_end(
         self,
         trainer: L.Trainer,
@@ -130,12 +133,33 @@ class FiniteGuard(L.Callback):
         batch_idx: int,
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
-            raise DivergenceError(
-                f"training diverged: the loss is {float(loss.detach().float().mean())} at epoch "
-                f"{trainer.current_epoch}, step {trainer.global_step} (batch {batch_idx}); "
-                f"{_DIVERGENCE_HINT}"
-            )
+        if loss is None:
+            return
+        finite = torch.isfinite(loss.detach()).all()
+        if loss.device.type != "cuda":  # reading the flag costs nothing here: every step
+            if not bool(finite):
+                self._diverged(trainer, float(loss.detach().float().mean()), trainer.global_step)
+            return
+        # On a GPU reading the flag back is a host sync that stalls the queue of kernels (and
+        # the replayed CUDA graphs): remember the first bad step on the device and read it only
+        # every log_every_n_steps steps and before validation. Weights are checked before any
+        # checkpoint is written, so the later read loses nothing.
+        step = torch.tensor(trainer.global_step, device=loss.device)
+        if self._first_bad is None:
+            self._first_bad = torch.full_like(step, -1)
+        self._first_bad = torch.where(~finite & (self._first_bad < 0), step, self._first_bad)
+        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            self._check_first_bad(trainer)
+
+    def _check_first_bad(self, trainer: L.Trainer) -> None:
+        if self._first_bad is not None and int(self._first_bad) >= 0:
+            self._diverged(trainer, float("nan"), int(self._first_bad), "non-finite")
+
+    def _diverged(self, trainer: L.Trainer, value: float, step: int, text: str = "") -> None:
+        raise DivergenceError(
+            f"training diverged: the loss is {text or value} at epoch "
+            f"{trainer.current_epoch}, step {step}; {_DIVERGENCE_HINT}"
+        )
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
@@ -145,6 +169,7 @@ class FiniteGuard(L.Callback):
         self._check_weights(trainer, pl_module)
 
     def _check_weights(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check_first_bad(trainer)
         bad = nonfinite_parameters(pl_module)
         if bad:
             raise DivergenceError(

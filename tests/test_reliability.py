@@ -426,3 +426,20 @@ def test_corrupt_jpeg_with_intact_markers_is_caught_before_training(tmp_path):
     with pytest.warns(UserWarning, match=names[3]):
         dm.setup("fit")
     assert all(names[3] not in ids for ids in dm.annotations.splits.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the deferred check is for CUDA losses")
+def test_guard_on_gpu_names_the_first_bad_step_when_it_reads_the_flag():
+    from types import SimpleNamespace
+
+    from imgcap.callbacks import FiniteGuard
+    from imgcap.errors import DivergenceError
+
+    guard = FiniteGuard()
+    trainer = SimpleNamespace(global_step=1, log_every_n_steps=4, current_epoch=0)
+    guard.on_train_batch_end(trainer, None, torch.tensor(float("nan"), device="cuda"), None, 0)
+    trainer.global_step = 2  # not a reading step: no sync, no error yet
+    guard.on_train_batch_end(trainer, None, torch.tensor(1.0, device="cuda"), None, 1)
+    trainer.global_step = 4
+    with pytest.raises(DivergenceError, match="step 1"):
+        guard.on_train_batch_end(trainer, None, torch.tensor(1.0, device="cuda"), None, 2)
