@@ -23,9 +23,47 @@ import torch
 
 from imgcap.errors import CheckpointError
 
-# Bump when a checkpoint written by an older version can no longer be read as is.
-CHECKPOINT_FORMAT = 1
+# Bump when a checkpoint written by an older version can no longer be read as is, and teach
+# ``upgrade_checkpoint`` the step from the previous format.
+#   1: the LSTM decoder's settings at the top of the model's hyperparameters.
+#   2: ``decoder: {name, ...}`` and ``objective: {name, ...}`` (the decoder/objective seams).
+CHECKPOINT_FORMAT = 2
 CHECKPOINT_KEY = "imgcap"
+
+# Format 1 -> 2: model hyperparameters that moved into the decoder / objective dicts.
+_FORMAT1_DECODER_KEYS = {
+    "attention_dim": "attention_dim",
+    "embed_dim": "embed_dim",
+    "decoder_dim": "decoder_dim",
+    "dropout": "dropout",
+    "deep_output": "deep_output",
+    "decoder_unroll": "unroll",
+}
+
+
+def _model_settings_1_to_2(model: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 model config or hyperparameter dict -> format 2 (a new dict)."""
+    model = dict(model)
+    decoder = {"name": "lstm_attention"}
+    for old, new in _FORMAT1_DECODER_KEYS.items():
+        if old in model:
+            decoder[new] = model.pop(old)
+    model["decoder"] = decoder
+    model["objective"] = {"name": "xe", "alpha_c": model.pop("alpha_c", 1.0)}
+    return model
+
+
+def upgrade_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Bring a checkpoint of an older format up to :data:`CHECKPOINT_FORMAT`, in memory (the
+    file is never rewritten). The weights need no change: only settings moved."""
+    entry = checkpoint[CHECKPOINT_KEY]
+    if entry.get("format") == 1:
+        checkpoint["hyper_parameters"] = _model_settings_1_to_2(checkpoint["hyper_parameters"])
+        config = dict(entry.get("config") or {})
+        if isinstance(config.get("model"), dict):
+            config["model"] = _model_settings_1_to_2(config["model"])
+        checkpoint[CHECKPOINT_KEY] = {**entry, "config": config, "format": 2, "upgraded_from": 1}
+    return checkpoint
 
 
 def run_config_entry(
@@ -49,7 +87,8 @@ def _first_line(err: BaseException) -> str:
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint file safely (``weights_only=True``) and check it is an imgcap one.
 
-    Returns the checkpoint dict. Raises :class:`CheckpointError` with one line naming the file
+    Returns the checkpoint dict, upgraded to the current format (:func:`upgrade_checkpoint`).
+    Raises :class:`CheckpointError` with one line naming the file
     when it is missing, truncated, not a checkpoint, holds pickled objects (refused, never run),
     or comes from another program or an incompatible version.
     """
@@ -84,12 +123,12 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path} is not an imgcap training checkpoint (no '{CHECKPOINT_KEY}' entry); "
             "use a checkpoint written by `python train.py`"
         )
-    if entry.get("format") != CHECKPOINT_FORMAT:
+    if entry.get("format") not in range(1, CHECKPOINT_FORMAT + 1):
         raise CheckpointError(
-            f"{path} has checkpoint format {entry.get('format')}, this imgcap reads format "
-            f"{CHECKPOINT_FORMAT}; use it with the imgcap version that trained it"
+            f"{path} has checkpoint format {entry.get('format')}, this imgcap reads formats 1 "
+            f"to {CHECKPOINT_FORMAT}; use it with the imgcap version that trained it"
         )
-    return checkpoint
+    return upgrade_checkpoint(checkpoint)
 
 
 def load_captioner(path: str | Path, map_location: str | torch.device = "cpu"):

@@ -1,6 +1,6 @@
 """Explicit checks of the model and data settings, run before any work, naming the key.
 
-Hydra passes command-line values through as typed by the user (``model.attention_dim=abc`` is
+Hydra passes command-line values through as typed by the user (``model.decoder.attention_dim=abc`` is
 the string "abc"); without these checks a bad value surfaces as a torch or Hydra error that
 does not name the key, or (``model.beam_size=0``) only after a full epoch of training.
 """
@@ -42,25 +42,44 @@ def _float(cfg: DictConfig, key: str, low: float, high: float, high_open: bool =
         raise ConfigError(f"{key}={value!r} must be a number in [{low}, {high}{bracket}")
 
 
+_ABSENT = object()
+
+
+def _has(node: DictConfig, key: str) -> bool:
+    """Whether the dotted ``key`` is set in ``node`` (to anything, None included)."""
+    return OmegaConf.select(node, key, default=_ABSENT) is not _ABSENT
+
+
+_POSITIVE_INTS = (
+    "decoder.attention_dim",
+    "decoder.embed_dim",
+    "decoder.decoder_dim",
+    "decoder.d_model",
+    "decoder.num_layers",
+    "decoder.num_heads",
+    "decoder.ff_dim",
+    "objective.samples",
+)
+
+
 def check_model_config(cfg: DictConfig) -> None:
     """``cfg`` is the run config (with ``model``); raises ConfigError naming the first bad key."""
     model = cfg.get("model")
     if model is None:
         return
-    for key in (
-        "attention_dim",
-        "embed_dim",
-        "decoder_dim",
-        "encoded_size",
-        "beam_size",
-        "max_len",
-    ):
+    for key in ("encoded_size", "beam_size", "max_len"):
         if key in model:
             _int(cfg, f"model.{key}", 1)
-    if "dropout" in model:
-        _float(cfg, "model.dropout", 0.0, 1.0, high_open=True)
-    if "alpha_c" in model:
-        _float(cfg, "model.alpha_c", 0.0, math.inf)
+    # Sizes of the decoders and objectives imgcap ships; others check their own settings.
+    for key in _POSITIVE_INTS:
+        if _has(model, key):
+            _int(cfg, f"model.{key}", 1)
+    for key in ("decoder.dropout", "decoder.attention_dropout"):
+        if _has(model, key):
+            _float(cfg, f"model.{key}", 0.0, 1.0, high_open=True)
+    for key in ("objective.alpha_c", "objective.temperature"):
+        if _has(model, key):
+            _float(cfg, f"model.{key}", 0.0, math.inf)
     if "teacher_forcing_ratio" in model:
         _float(cfg, "model.teacher_forcing_ratio", 0.0, 1.0)
     if "length_penalty" in model:

@@ -89,7 +89,7 @@ def sweep_job() -> tuple[str, str] | None:
 
     The group is the sweep's date and time plus the experiment (``2026-01-31_12-00-00_flickr8k``);
     the name is the job's overrides without paths, restricted to the swept parameters when the
-    sweeper lists them (Optuna), e.g. ``model.attention_dim=256,model.dropout=0.3``.
+    sweeper lists them (Optuna), e.g. ``model.decoder.attention_dim=256,model.decoder.dropout=0.3``.
     """
     try:
         from hydra.core.hydra_config import HydraConfig

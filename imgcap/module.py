@@ -1,9 +1,14 @@
-"""The captioning system: encoder + attention decoder, their loss, decoding and metrics.
+"""The captioning system: encoder + decoder, the training objective, decoding and metrics.
+
+The decoder (``model/decoder``) and the objective (``model/objective``) are built by name from
+plain-dict settings (:mod:`imgcap.models.registry`, :mod:`imgcap.objectives`); this module only
+uses the decoder contract and asks the objective for the loss.
 
 The module owns no paths, workers or data logic: it receives the vocabulary (a list of words)
 and plain settings, and every batch it sees is a dict produced by the data module:
 
-  train:     images (B, 3, H, W) | features (B, P, C), captions (B, T), lengths (B,)
+  train:     images (B, 3, H, W) | features (B, P, C), captions (B, T), lengths (B,),
+             references list[list[str]], image_ids list[str]
   val/test:  images | features, references list[list[str]], image_ids list[str]
 
 Everything needed to rebuild it is in its hyperparameters (plain values only), so
@@ -19,28 +24,29 @@ import lightning.pytorch as L
 import torch
 from torchmetrics import MaxMetric, MinMetric
 
-from imgcap.data.vocab import Vocabulary
+from imgcap.data.vocab import Vocabulary, normalize_caption
 from imgcap.errors import ConfigError
 from imgcap.metrics import CaptionMetric
-from imgcap.models.cuda_graphs import GraphedUnroll
-from imgcap.models.decoder import AttentionLSTMDecoder
+from imgcap.models import build_decoder, build_encoder
 from imgcap.models.decoding import DecodeResult, decode
-from imgcap.models.encoder import build_encoder
-from imgcap.objectives import xe_attention_loss
+from imgcap.objectives import ObjectiveContext, build_objective
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 
 
 class CaptioningModule(L.LightningModule):
-    """Show, Attend and Tell trained with teacher forcing (optionally scheduled sampling).
+    """A CNN encoder and a caption decoder, trained with a pluggable objective.
 
     Args:
         vocab: the vocabulary's words in id order (``Vocabulary.itos``), specials first.
         encoder: ``{arch, weights, fine_tune, lr, ...}`` for ``build_encoder``; ``lr`` is the
             encoder's own learning rate when it trains.
-        attention_dim, embed_dim, decoder_dim, dropout, deep_output: decoder sizes.
-        alpha_c: weight of the doubly stochastic attention penalty.
+        decoder: ``{name, **settings}``: ``lstm_attention`` (Show, Attend and Tell; settings
+            attention_dim, embed_dim, decoder_dim, dropout, deep_output, unroll) or
+            ``transformer``, or any registered decoder.
+        objective: ``{name, **settings}``: ``xe`` (alpha_c) or ``scst`` (see
+            :mod:`imgcap.objectives`).
         encoded_size: the encoder grid is ``encoded_size x encoded_size`` regions (P cells).
         teacher_forcing_ratio: probability of feeding the ground-truth previous word.
         teacher_forcing_schedule: ``{end, epochs}``: decay the ratio linearly to ``end`` over
@@ -49,10 +55,9 @@ class CaptioningModule(L.LightningModule):
         meteor: compute METEOR (needs Java) during validation/test.
         optimizer, scheduler: partials (``_partial_: true``) taking params / the optimizer.
         monitor, monitor_mode: the metric the scheduler and the best-so-far value follow.
-        decoder_unroll: ``auto | shrink | fixed``, how the teacher-forced decoder is unrolled
-            (see ``imgcap.models.decoder``); ``auto`` is ``fixed`` on CUDA, ``shrink`` elsewhere.
-        cuda_graphs: ``auto | true | false``: replay the fixed unroll as CUDA graphs. ``auto``
-            turns them on when training on one CUDA device (not under DDP).
+        cuda_graphs: ``auto | true | false``: let the decoder replay its training unroll as CUDA
+            graphs (the LSTM does). ``auto`` turns them on when training on one CUDA device
+            (not under DDP).
         channels_last: ``auto | true | false``: NHWC memory format for the encoder on CUDA
             (faster convolutions on tensor cores); ``auto`` = on CUDA only.
     """
@@ -61,12 +66,8 @@ class CaptioningModule(L.LightningModule):
         self,
         vocab: list[str],
         encoder: dict[str, Any],
-        attention_dim: int = 512,
-        embed_dim: int = 512,
-        decoder_dim: int = 512,
-        dropout: float = 0.5,
-        deep_output: bool = False,
-        alpha_c: float = 1.0,
+        decoder: dict[str, Any] | None = None,
+        objective: dict[str, Any] | None = None,
         encoded_size: int = 14,
         teacher_forcing_ratio: float = 1.0,
         teacher_forcing_schedule: dict[str, float] | None = None,
@@ -78,13 +79,15 @@ class CaptioningModule(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         monitor: str = "val/CIDEr",
         monitor_mode: str = "max",
-        decoder_unroll: str = "auto",
         cuda_graphs: bool | str = "auto",
         channels_last: bool | str = "auto",
     ) -> None:
         super().__init__()
         _check_switch("cuda_graphs", cuda_graphs)
         _check_switch("channels_last", channels_last)
+        # Plain dicts (the checkpoint stores them); the names pick the classes.
+        decoder = dict(decoder or {"name": "lstm_attention"})
+        objective = dict(objective or {"name": "xe"})
         # Partials are code, not settings: a checkpoint must load with weights_only unpickling.
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.optimizer_factory = optimizer
@@ -94,16 +97,8 @@ class CaptioningModule(L.LightningModule):
         encoder_cfg = dict(encoder)
         self.encoder_lr = float(encoder_cfg.pop("lr", 1e-4))
         self.encoder = build_encoder(encoded_size=encoded_size, **encoder_cfg)
-        self.decoder = AttentionLSTMDecoder(
-            vocab_size=len(self.vocab),
-            encoder_dim=self.encoder.out_dim,
-            embed_dim=embed_dim,
-            decoder_dim=decoder_dim,
-            attention_dim=attention_dim,
-            dropout=dropout,
-            deep_output=deep_output,
-            unroll=decoder_unroll,
-        )
+        self.decoder = build_decoder(decoder, len(self.vocab), self.encoder.out_dim)
+        self.objective = build_objective(objective)
         # Set by the fine-tuning schedule: the optimizer then holds an encoder group from the
         # start (frozen parameters have no gradient, so the optimizer skips them until unfrozen).
         self.optimize_frozen_encoder = False
@@ -157,39 +152,53 @@ class CaptioningModule(L.LightningModule):
         return start + (float(schedule["end"]) - start) * progress
 
     def compute_loss(
-        self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, ratio: float
+        self,
+        features: torch.Tensor,
+        captions: torch.Tensor,
+        lengths: torch.Tensor,
+        ratio: float,
+        **batch: Any,
     ) -> dict[str, torch.Tensor]:
-        """Cross-entropy over non-pad targets + ``alpha_c * ((1 - sum_t alpha_t)^2).mean()``.
-
-        features (B, P, C); captions (B, T) as ``<start> w1 .. wn <end> <pad>..``; lengths (B,).
-        """
-        logits, alphas = self.decoder(features, captions, lengths, teacher_forcing_ratio=ratio)
-        return xe_attention_loss(logits, alphas, captions[:, 1:], self.hparams.alpha_c)
+        """The objective's losses on one batch: features (B, P, C); captions (B, T) as
+        ``<start> w1 .. wn <end> <pad>..``; lengths (B,); other batch keys as keywords."""
+        batch = {**batch, "captions": captions, "lengths": lengths}
+        return self.objective(self.decoder, features, batch, teacher_forcing_ratio=ratio)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         ratio = self.teacher_forcing_ratio()
-        losses = self.compute_loss(self.encode(batch), batch["captions"], batch["lengths"], ratio)
-        batch_size = batch["captions"].size(0)
+        features = self.encode(batch)
+        losses = self.objective(self.decoder, features, batch, teacher_forcing_ratio=ratio)
+        batch_size = features.size(0)
         for name, value in losses.items():
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
-        self.log("train/perplexity", torch.exp(losses["xe"].detach()), batch_size=batch_size)
         if self.hparams.teacher_forcing_schedule:
             self.log("train/teacher_forcing_ratio", ratio, batch_size=batch_size)
         return losses["loss"]
 
     def on_fit_start(self) -> None:
-        """GPU-only speed-ups, decided once the model sits on its device."""
+        """Give the objective what it needs, then GPU-only speed-ups, decided once the model
+        sits on its device."""
+        self.objective.setup(self.objective_context())
         if self.device.type != "cuda":
             return
         if _wanted(self.hparams.channels_last, default=True):
             self.encoder.to(memory_format=torch.channels_last)
             self._channels_last = True
         single_process = self.trainer.world_size == 1
-        if (
-            _wanted(self.hparams.cuda_graphs, default=single_process)
-            and self.decoder.unroll_mode(self.device) == "fixed"
-        ):
-            self.decoder.fixed_runner = GraphedUnroll(self.decoder)
+        enable_graphs = getattr(self.decoder, "enable_cuda_graphs", None)
+        if enable_graphs is not None and _wanted(self.hparams.cuda_graphs, single_process):
+            enable_graphs()
+
+    def objective_context(self) -> ObjectiveContext:
+        """The vocabulary, and the training references when the data module lists them."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        list_references = getattr(datamodule, "train_references", None)
+        return ObjectiveContext(
+            words=self.vocab.itos,
+            normalize=normalize_caption,
+            train_references=list_references() if list_references is not None else None,
+            max_len=int(self.hparams.max_len),
+        )
 
     # ------------------------------------------------------------------ evaluation
     def on_train_start(self) -> None:

@@ -64,8 +64,8 @@ def test_attention_dim_override_reaches_the_network(tmp_path):
     cfg = compose_train(
         tmp_path,
         [
-            "model.attention_dim=64",
-            "model.decoder_dim=48",
+            "model.decoder.attention_dim=64",
+            "model.decoder.decoder_dim=48",
             "model.encoder.arch=small_cnn",
             "model.encoder.weights=null",
         ],
@@ -91,10 +91,10 @@ def test_optuna_search_composes(tmp_path):
     assert cfg.optimized_metric == "val/CIDEr"
     assert sweeper.direction == "maximize"
     assert set(sweeper.params) == {
-        "model.attention_dim",
-        "model.decoder_dim",
+        "model.decoder.attention_dim",
+        "model.decoder.decoder_dim",
         "model.optimizer.lr",
-        "model.dropout",
+        "model.decoder.dropout",
     }
 
 

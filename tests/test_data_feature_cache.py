@@ -195,9 +195,7 @@ def test_ddp_builds_the_cache_once_and_every_rank_reads_it(
     model = CaptioningModule(
         dm.vocab.itos,
         encoder={"arch": "small_cnn", "weights": None, "fine_tune": "frozen", "width": 8},
-        attention_dim=8,
-        embed_dim=8,
-        decoder_dim=8,
+        decoder={"name": "lstm_attention", "attention_dim": 8, "embed_dim": 8, "decoder_dim": 8},
         encoded_size=2,
         meteor=False,
         optimizer=partial(torch.optim.Adam, lr=1e-3),

@@ -54,7 +54,7 @@ def test_training_runs_with_either_unroll_on_cpu(unroll, tmp_path):
         tmp_path,
         [
             *TINY,
-            f"model.decoder_unroll={unroll}",
+            f"model.decoder.unroll={unroll}",
             "model.cuda_graphs=true",
             "trainer.max_epochs=2",
             "logger=none",
@@ -64,7 +64,7 @@ def test_training_runs_with_either_unroll_on_cpu(unroll, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test/BLEU-1"] > 0  # it learned something and decoded captions
     ckpt = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)
-    assert ckpt["hyper_parameters"]["decoder_unroll"] == unroll
+    assert ckpt["hyper_parameters"]["decoder"]["unroll"] == unroll
 
 
 def test_gpu_speed_ups_stay_off_on_cpu(tmp_path):
@@ -74,9 +74,7 @@ def test_gpu_speed_ups_stay_off_on_cpu(tmp_path):
         ["<pad>", "<start>", "<end>", "<unk>", "a"],
         encoder={"arch": "small_cnn", "weights": None, "fine_tune": "all", "width": 8},
         encoded_size=2,
-        attention_dim=8,
-        embed_dim=8,
-        decoder_dim=8,
+        decoder={"name": "lstm_attention", "attention_dim": 8, "embed_dim": 8, "decoder_dim": 8},
         cuda_graphs=True,
         channels_last=True,
     )

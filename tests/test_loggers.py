@@ -54,7 +54,7 @@ def test_sweep_runs_are_grouped_by_time_and_experiment_and_named_without_paths(t
     overrides = [
         "experiment=demo",
         f"data.root={tmp_path}/data",
-        "model.attention_dim=64",
+        "model.decoder.attention_dim=64",
         "trainer.max_epochs=1",
         "hydra.mode=MULTIRUN",
         f"hydra.sweep.dir={sweep_dir}",
@@ -62,12 +62,12 @@ def test_sweep_runs_are_grouped_by_time_and_experiment_and_named_without_paths(t
     compose_train(tmp_path, overrides)
     group, name = sweep_job()
     assert group == "2026-01-31_12-00-00_demo"
-    assert name == "model.attention_dim=64,trainer.max_epochs=1"
+    assert name == "model.decoder.attention_dim=64,trainer.max_epochs=1"
     assert str(tmp_path) not in name
     # With a sweeper that lists its parameters (Optuna), only those name the run.
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     compose_train(tmp_path, [*overrides, "hparams_search=optuna"])
-    assert sweep_job()[1] == "model.attention_dim=64"
+    assert sweep_job()[1] == "model.decoder.attention_dim=64"
 
 
 def test_override_dirname_excludes_paths():

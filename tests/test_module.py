@@ -15,10 +15,13 @@ def small_module(vocab: Vocabulary, **overrides) -> CaptioningModule:
     settings = dict(
         vocab=vocab.itos,
         encoder={"arch": "small_cnn", "weights": None, "fine_tune": "all", "width": 64, "lr": 2e-3},
-        attention_dim=64,
-        embed_dim=64,
-        decoder_dim=128,
-        dropout=0.0,
+        decoder={
+            "name": "lstm_attention",
+            "attention_dim": 64,
+            "embed_dim": 64,
+            "decoder_dim": 128,
+            "dropout": 0.0,
+        },
         encoded_size=2,
         meteor=False,
         optimizer=lambda params: torch.optim.Adam(params, lr=3e-3),
@@ -62,7 +65,7 @@ def test_overfits_twenty_images_and_reproduces_their_captions(shapes_root):
 
 def test_attention_penalty_counts_only_real_steps():
     vocab = Vocabulary(["a", "b"])
-    model = small_module(vocab, alpha_c=1.0).eval()
+    model = small_module(vocab, objective={"name": "xe", "alpha_c": 1.0}).eval()
     features = torch.rand(2, 4, model.encoder.out_dim)
     captions = torch.tensor([[1, 4, 5, 2, 0, 0], [1, 4, 2, 0, 0, 0]])
     lengths = torch.tensor([4, 3])

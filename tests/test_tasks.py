@@ -36,9 +36,9 @@ TINY = [
     "model.encoder.fine_tune=all",
     "+model.encoder.width=32",
     "model.encoded_size=2",
-    "model.attention_dim=32",
-    "model.embed_dim=32",
-    "model.decoder_dim=32",
+    "model.decoder.attention_dim=32",
+    "model.decoder.embed_dim=32",
+    "model.decoder.decoder_dim=32",
     "model.meteor=false",
     "trainer=cpu",
     "trainer.num_sanity_val_steps=0",
@@ -202,7 +202,7 @@ def test_multirun_writes_one_run_directory_per_job(tmp_path):
         "logger=wandb",
         f"paths.root_dir={tmp_path}",
         f"hydra.sweep.dir={sweep}",
-        "model.attention_dim=16,32",
+        "model.decoder.attention_dim=16,32",
     ]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -216,7 +216,7 @@ def test_multirun_writes_one_run_directory_per_job(tmp_path):
         (run,) = (job / "wandb").glob("offline-run-*")
         log = next(run.glob("run-*.wandb")).read_bytes()
         assert b"sweep-7f3a" in log
-        assert f"model.attention_dim={16 if job.name == '0' else 32}".encode() in log
+        assert f"model.decoder.attention_dim={16 if job.name == '0' else 32}".encode() in log
 
 
 @pytest.mark.slow

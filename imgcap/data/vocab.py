@@ -1,8 +1,7 @@
 """Caption normalisation and the word vocabulary.
 
-Token conventions (shared by the data, the decoder and every decoding routine):
-  ids 0..3 are the special tokens ``<pad> <start> <end> <unk>`` in that order, so padding is 0
-  and an encoded caption reads ``[<start>, w1, ..., wn, <end>]``.
+The special tokens and their ids live in :mod:`imgcap.tokens` (the models import them from
+there, not from here); an encoded caption reads ``[<start>, w1, ..., wn, <end>]``.
 """
 
 from __future__ import annotations
@@ -15,9 +14,17 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
-SPECIAL_TOKENS = (PAD, START, END, UNK)
-PAD_ID, START_ID, END_ID, UNK_ID = 0, 1, 2, 3
+from imgcap.tokens import (  # noqa: F401 - re-exported for the data code
+    END,
+    END_ID,
+    PAD,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    START,
+    START_ID,
+    UNK,
+    UNK_ID,
+)
 
 _NON_WORD = re.compile(r"[^a-z0-9\s]+")
 

@@ -31,9 +31,16 @@ class AdditiveAttention(nn.Module):
     def forward(
         self, projected: torch.Tensor, features: torch.Tensor, h: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """projected (B, P, A) from ``project``, features (B, P, C), h (B, D)
-        -> context (B, C), alpha (B, P) (non-negative, sums to 1 over P)."""
-        hidden = torch.tanh(projected + self.decoder_proj(h).unsqueeze(1))  # (B, P, A)
-        alpha = self.score(hidden).squeeze(-1).softmax(dim=-1)  # (B, P)
-        context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)  # (B, C)
-        return context, alpha
+        """projected (B, P, A) from ``project``, features (B, P, C), h (N, D) with N = B * g:
+        g decoding rows (beams, samples) per image, image-major
+        -> context (N, C), alpha (N, P) (non-negative, sums to 1 over P).
+
+        The g rows of an image attend over its one copy of the features, broadcast rather
+        than repeated: beam search never copies the (B, P, C) grid k times."""
+        B, P, A = projected.shape
+        g = h.shape[0] // B
+        att_h = self.decoder_proj(h).view(B, g, 1, A)
+        hidden = torch.tanh(projected.unsqueeze(1) + att_h)  # (B, g, P, A)
+        alpha = self.score(hidden).squeeze(-1).softmax(dim=-1)  # (B, g, P)
+        context = torch.bmm(alpha, features)  # (B, g, C)
+        return context.reshape(B * g, -1), alpha.reshape(B * g, P)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgcap.data.vocab import PAD_ID
+from imgcap.tokens import PAD_ID
 
 
 class _FixedUnroll(nn.Module):

@@ -37,18 +37,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgcap.data.vocab import PAD_ID
+from imgcap.tokens import PAD_ID
 from imgcap.errors import ConfigError
 from imgcap.models.attention import AdditiveAttention
+from imgcap.models.contract import gather_rows
+from imgcap.models.registry import register_decoder
 
 
 @dataclass
-class DecoderState:
-    """Recurrent state for N sequences.
+class LSTMState:
+    """Recurrent state for N = B * g rows: g rows (beams, samples) for each of B images.
 
-    h, c: (N, D) LSTM state.  features: (N, P, C) encoder output.
-    projected: (N, P, A) = W_e features, cached once per image; ``None`` means the decoder
-    recomputes it every step (only the speed benchmark does that).
+    h, c: (N, D) LSTM state, rows image-major.  features: (B, P, C) encoder output, one per
+    image and shared by its rows.  projected: (B, P, A) = W_e features, computed once per image;
+    ``None`` means the decoder recomputes it every step (only the speed benchmark does that).
     """
 
     h: torch.Tensor
@@ -56,33 +58,31 @@ class DecoderState:
     features: torch.Tensor
     projected: torch.Tensor | None
 
-    def index_select(self, index: torch.Tensor) -> DecoderState:
-        """Rows ``index`` (N',) of every field, e.g. to expand each image into k beams."""
-        return DecoderState(
-            self.h.index_select(0, index),
-            self.c.index_select(0, index),
-            self.features.index_select(0, index),
-            None if self.projected is None else self.projected.index_select(0, index),
-        )
+    def select(self, index: torch.Tensor) -> LSTMState:
+        """index (B, m): the rows each image's m new rows continue (see the decoder contract).
+        Only h and c are gathered; the per-image features and projection are shared."""
+        return replace(self, h=gather_rows(self.h, index), c=gather_rows(self.c, index))
 
-    def prefix(self, n: int) -> DecoderState:
-        """The first n rows (views, no copy)."""
-        return DecoderState(
+    def prefix(self, n: int) -> LSTMState:
+        """The first n images' rows (views, no copy); one row per image (teacher forcing)."""
+        return LSTMState(
             self.h[:n],
             self.c[:n],
             self.features[:n],
             None if self.projected is None else self.projected[:n],
         )
 
-    def with_hidden(self, h: torch.Tensor, c: torch.Tensor) -> DecoderState:
+    def with_hidden(self, h: torch.Tensor, c: torch.Tensor) -> LSTMState:
         return replace(self, h=h, c=c)
 
 
 UNROLL_MODES = ("auto", "shrink", "fixed")
 
 
+@register_decoder("lstm_attention")
 class AttentionLSTMDecoder(nn.Module):
-    """Attention LSTM decoder; see the module docstring for the step equations.
+    """Attention LSTM decoder; see the module docstring for the step equations. Implements the
+    decoder contract (:mod:`imgcap.models.contract`).
 
     Attributes mirror the constructor (``vocab_size, encoder_dim, embed_dim, decoder_dim,
     attention_dim, dropout, deep_output, precompute_projection, unroll``). Layers: ``embedding``,
@@ -143,25 +143,25 @@ class AttentionLSTMDecoder(nn.Module):
 
     # ---- the step ----------------------------------------------------------------------------
 
-    def init_state(self, features: torch.Tensor) -> DecoderState:
-        """features (N, P, C) -> initial state: h0, c0 (N, D) from the mean region vector, and
-        the attention projection W_e e (N, P, A) computed once."""
+    def init_state(self, features: torch.Tensor) -> LSTMState:
+        """features (B, P, C) -> initial state, one row per image: h0, c0 (B, D) from the mean
+        region vector, and the attention projection W_e e (B, P, A) computed once."""
         mean = features.mean(dim=1)  # (N, C)
         projected = self.attention.project(features) if self.precompute_projection else None
-        return DecoderState(self.init_h(mean), self.init_c(mean), features, projected)
+        return LSTMState(self.init_h(mean), self.init_c(mean), features, projected)
 
     def gate(self, h: torch.Tensor) -> torch.Tensor:
         """h (N, D) -> sigmoid(f_beta(h)) (N, C) in (0, 1): how much of the context to let in."""
         return torch.sigmoid(self.f_beta(h))
 
     def advance(
-        self, emb: torch.Tensor, state: DecoderState
+        self, emb: torch.Tensor, state: LSTMState
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Recurrent half of a step: emb (N, E) of the previous word
+        """Recurrent half of a step: emb (N, E) of the previous word, N = B * g rows
         -> h, c (N, D), gated context z (N, C), alpha (N, P)."""
         projected = state.projected
         if projected is None:
-            projected = self.attention.project(state.features)  # (N, P, A)
+            projected = self.attention.project(state.features)  # (B, P, A)
         context, alpha = self.attention(projected, state.features, state.h)  # (N, C), (N, P)
         z = self.gate(state.h) * context  # (N, C)
         h, c = self.lstm(torch.cat([emb, z], dim=1), (state.h, state.c))  # (N, D) each
@@ -174,14 +174,21 @@ class AttentionLSTMDecoder(nn.Module):
         return self.out(self.drop(h))
 
     def step(
-        self, prev_tokens: torch.Tensor, state: DecoderState
-    ) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
+        self, prev_tokens: torch.Tensor, state: LSTMState
+    ) -> tuple[torch.Tensor, torch.Tensor, LSTMState]:
         """prev_tokens (N,) long -> logits (N, V) for the next word, alpha (N, P), new state."""
         emb = self.embedding(prev_tokens)  # (N, E)
         h, c, z, alpha = self.advance(emb, state)
         return self.output_logits(h, z, emb), alpha, state.with_hidden(h, c)
 
     # ---- training ----------------------------------------------------------------------------
+
+    def enable_cuda_graphs(self) -> None:
+        """Replay the fixed unroll as CUDA graphs (when the fixed unroll is the one in use)."""
+        if self.unroll_mode(self.out.weight.device) == "fixed":
+            from imgcap.models.cuda_graphs import GraphedUnroll
+
+            self.fixed_runner = GraphedUnroll(self)
 
     def unroll_mode(self, device: torch.device) -> str:
         """The teacher-forced unroll used for tensors on ``device``: ``shrink`` or ``fixed``."""

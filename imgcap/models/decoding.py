@@ -1,8 +1,10 @@
-"""Caption decoding: greedy and batched beam search. The one implementation every caller uses
-(validation, test, ``evaluate.py``, ``caption.py``, SCST).
+"""Caption decoding: greedy, batched beam search and sampling. The one implementation every
+caller uses (validation, test, ``evaluate.py``, ``caption.py``, self-critical training).
 
-Both functions run under ``torch.no_grad``; putting the decoder in eval mode (dropout off) is the
-caller's job. Every step goes through ``decoder.step``, the same function training uses.
+They use the decoder contract alone (:mod:`imgcap.models.contract`): ``init_state``, ``step``,
+``state.select`` and ``vocab_size``, so they work for every decoder. Greedy and beam search run
+under ``torch.no_grad``; sampling keeps gradients (the policy gradient needs them). Putting the
+decoder in eval mode (dropout off) is the caller's job.
 
 Conventions: decoding starts from ``<start>``; at most ``max_len`` tokens are generated, counting
 ``<end>``. A caption that never emits ``<end>`` is cut at ``max_len`` words. Returned tokens
@@ -15,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from imgcap.data.vocab import END_ID, PAD_ID, START_ID
 from imgcap.errors import ConfigError
-from imgcap.models.decoder import AttentionLSTMDecoder
+from imgcap.models.contract import CaptionDecoder, repeat_rows
+from imgcap.tokens import END_ID, PAD_ID, START_ID
 
 
 @dataclass
@@ -53,7 +55,7 @@ def _check(max_len: int, beam_size: int = 1) -> None:
 
 @torch.no_grad()
 def greedy_decode(
-    decoder: AttentionLSTMDecoder, features: torch.Tensor, max_len: int = 20
+    decoder: CaptionDecoder, features: torch.Tensor, max_len: int = 20
 ) -> DecodeResult:
     """Pick the most likely next word at every step. features (B, P, C)."""
     _check(max_len)
@@ -94,7 +96,7 @@ class _Hypothesis:
 
 @torch.no_grad()
 def beam_search(
-    decoder: AttentionLSTMDecoder,
+    decoder: CaptionDecoder,
     features: torch.Tensor,
     beam_size: int = 3,
     max_len: int = 20,
@@ -114,10 +116,8 @@ def beam_search(
     if k > V - 2:  # each live beam must have k finite continuations (<pad>, <start> excluded)
         raise ConfigError(f"beam_size={k} must be below the vocabulary size {V} minus 2")
     device = features.device
-    # W_e e is computed for B images, then shared by their k beams
-    state = decoder.init_state(features).index_select(
-        torch.arange(B, device=device).repeat_interleave(k)
-    )  # B * k rows, image-major
+    # per-image work (W_e e, cross-attention keys) is done once, then shared by the k beams
+    state = decoder.init_state(features).select(repeat_rows(B, k, device))  # B * k rows
     scores = torch.full((B, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # only beam 0 is live at first, else step 1 would yield k copies
     live = torch.full((B,), k, dtype=torch.long, device=device)  # beams each image may keep
@@ -155,8 +155,8 @@ def beam_search(
                 )
             live = live - ended.sum(1)
         scores = top_scores.masked_fill(ended, float("-inf"))
-        # a beam's source is a beam of the same image, so features and W_e e rows are unchanged
-        state = state.with_hidden(state.h[src_row], state.c[src_row])
+        # a beam's source is a beam of the same image: per-image memory stays as it is
+        state = state.select(src_row.view(B, k))
         prev = tok.view(-1)
         if not bool((live > 0).any()):
             break
@@ -189,8 +189,57 @@ def beam_search(
     )
 
 
+@dataclass
+class SampleResult:
+    """n sampled captions for each of B images: N = B * n rows, image-major.
+
+    tokens: (N, L) long, the sampled words including ``<end>`` when drawn, ``<pad>`` after it.
+    log_probs: (N, L) log-probability of each sampled token under the decoder, with gradients
+        (the policy gradient flows through them), 0 where ``mask`` is False.
+    mask: (N, L) bool, True for the generated tokens, ``<end>`` included.
+    """
+
+    tokens: torch.Tensor
+    log_probs: torch.Tensor
+    mask: torch.Tensor
+
+
+def sample_captions(
+    decoder: CaptionDecoder,
+    features: torch.Tensor,
+    n: int = 5,
+    max_len: int = 20,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> SampleResult:
+    """Draw n captions per image from the decoder's distribution (multinomial at each step,
+    ``<pad>`` and ``<start>`` excluded), keeping gradients. features (B, P, C)."""
+    _check(max_len)
+    if n < 1 or temperature <= 0:
+        raise ConfigError(f"sampling needs n >= 1 and temperature > 0, got {n}, {temperature}")
+    B, device = features.shape[0], features.device
+    N = B * n
+    state = decoder.init_state(features).select(repeat_rows(B, n, device))
+    prev = torch.full((N,), START_ID, dtype=torch.long, device=device)
+    done = torch.zeros(N, dtype=torch.bool, device=device)
+    tokens, log_probs, masks = [], [], []
+    for _ in range(max_len):
+        logits, _, state = decoder.step(prev, state)  # (N, V)
+        logp = _next_log_probs(logits / temperature)  # (N, V), float32
+        tok = torch.multinomial(logp.detach().exp(), 1, generator=generator).squeeze(1)  # (N,)
+        live = ~done
+        tokens.append(tok.masked_fill(done, PAD_ID))
+        log_probs.append(logp.gather(1, tok.unsqueeze(1)).squeeze(1) * live)
+        masks.append(live)
+        done = done | (tok == END_ID)
+        prev = tok
+        if bool(done.all()):
+            break
+    return SampleResult(torch.stack(tokens, 1), torch.stack(log_probs, 1), torch.stack(masks, 1))
+
+
 def decode(
-    decoder: AttentionLSTMDecoder,
+    decoder: CaptionDecoder,
     features: torch.Tensor,
     beam_size: int = 1,
     max_len: int = 20,

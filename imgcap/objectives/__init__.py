@@ -1,5 +1,24 @@
-"""Training objectives: plain functions of decoder outputs (torch only, no Lightning)."""
+"""Training objectives (torch only, no Lightning): the seam is :mod:`imgcap.objectives.base`.
 
-from imgcap.objectives.xe import xe_attention_loss
+Importing this package registers the built-in objectives: ``xe`` (cross-entropy) and ``scst``
+(self-critical sequence training with a CIDEr-D reward).
+"""
 
-__all__ = ["xe_attention_loss"]
+from imgcap.objectives.base import (
+    OBJECTIVES,
+    Objective,
+    ObjectiveContext,
+    build_objective,
+    register_objective,
+)
+from imgcap.objectives.xe import CrossEntropy, xe_attention_loss
+
+__all__ = [
+    "OBJECTIVES",
+    "CrossEntropy",
+    "Objective",
+    "ObjectiveContext",
+    "build_objective",
+    "register_objective",
+    "xe_attention_loss",
+]
