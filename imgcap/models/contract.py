@@ -55,7 +55,9 @@ class CaptionDecoder(Protocol):
 
     def init_state(self, features: torch.Tensor) -> Any: ...
 
-    def step(self, prev_tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor, Any]: ...
+    def step(
+        self, prev_tokens: torch.Tensor, state: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]: ...
 
     def __call__(
         self,

@@ -37,11 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgcap.tokens import PAD_ID
 from imgcap.errors import ConfigError
 from imgcap.models.attention import AdditiveAttention
 from imgcap.models.contract import gather_rows
 from imgcap.models.registry import register_decoder
+from imgcap.tokens import PAD_ID
 
 
 @dataclass
