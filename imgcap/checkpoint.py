@@ -152,3 +152,29 @@ def load_captioner(path: str | Path, map_location: str | torch.device = "cpu"):
     model.to(map_location)
     model.eval()
     return model, checkpoint[CHECKPOINT_KEY]["config"]
+
+
+def read_initial_weights(path: str | Path) -> dict[str, Any]:
+    """The checkpoint ``init_from=`` starts a run from (weights and vocabulary only; not the
+    trainer state, the optimizer or the epoch). Read safely; one-line CheckpointError."""
+    return read_checkpoint(path, "cpu")
+
+
+def load_initial_weights(
+    model: torch.nn.Module, checkpoint: dict[str, Any], path: str | Path
+) -> None:
+    """Copy the checkpoint's weights into ``model`` (built with the checkpoint's vocabulary).
+
+    A model of another shape (another decoder, other sizes) is a one-line CheckpointError
+    naming the first mismatch and the checkpoint's decoder settings."""
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        detail = next(
+            (line.strip() for line in str(err).splitlines()[1:] if line.strip()), _first_line(err)
+        )
+        decoder = checkpoint["hyper_parameters"].get("decoder")
+        raise CheckpointError(
+            f"init_from={path} does not fit this model ({detail[:200]}); it was trained with "
+            f"model.decoder={decoder}: use the same decoder settings"
+        ) from None

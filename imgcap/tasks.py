@@ -29,8 +29,10 @@ from imgcap.callbacks import (
     RunConfigInCheckpoint,
     ValidateAfterLastEpoch,
 )
+from imgcap.checkpoint import load_initial_weights, read_initial_weights
 from imgcap.cli import is_rank_zero
 from imgcap.config_checks import check_train_config
+from imgcap.data.vocab import Vocabulary
 from imgcap.errors import ConfigError, ImgcapError, Interrupted
 from imgcap.hardware import register_resolvers, use_tensor_cores_for_float32
 from imgcap.loggers import (
@@ -96,10 +98,18 @@ def build_data_and_model(cfg: DictConfig):
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     datamodule = instantiate(cfg.data)
+    # init_from= starts from a trained model's weights (e.g. SCST after cross-entropy): its
+    # vocabulary must define the word ids, whatever this data would build.
+    initial = None
+    if cfg.get("init_from") and not cfg.get("ckpt_path"):
+        initial = read_initial_weights(cfg.init_from)
+        datamodule.vocab = Vocabulary.from_dict({"itos": initial["hyper_parameters"]["vocab"]})
     if rank_zero_only.rank == 0:
         datamodule.prepare_data()
     datamodule.setup("fit")  # vocabulary only when the feature cache waits for its encoder
     model = instantiate(cfg.model, vocab=datamodule.vocab.itos)
+    if initial is not None:
+        load_initial_weights(model, initial, cfg.init_from)
     if cfg.data.get("cache_features"):
         schedule = (cfg.get("callbacks") or {}).get("encoder_fine_tuning") or {}
         if not model.encoder.is_frozen or schedule.get("unfreeze_at_epoch") is not None:
@@ -208,6 +218,7 @@ def train(cfg: DictConfig) -> float | None:
                 "beam_size": int(model.hparams.beam_size),
                 "length_penalty": float(model.hparams.length_penalty),
                 "max_len": int(model.hparams.max_len),
+                "init_from": str(cfg.init_from) if cfg.get("init_from") else None,
                 "scoring": scoring_info(scored),
                 "model_params": params,
             }

@@ -11,6 +11,7 @@ from imgcap.objectives.base import (
     build_objective,
     register_objective,
 )
+from imgcap.objectives.scst import SelfCritical
 from imgcap.objectives.xe import CrossEntropy, xe_attention_loss
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "Objective",
     "ObjectiveContext",
     "build_objective",
+    "SelfCritical",
     "register_objective",
     "xe_attention_loss",
 ]

@@ -1,0 +1,158 @@
+"""Self-critical sequence training (Rennie et al., CVPR 2017) with a CIDEr-D reward.
+
+For each image, ``samples`` captions are drawn from the decoder (multinomial, ``temperature``)
+with gradients; each is rewarded with CIDEr-D against the image's references, and the policy
+gradient pushes up the log-probability of the samples that beat a baseline:
+
+    loss = - sum_{i,t} (r_i - b_i) * log p(w_{i,t}) * mask_{i,t} / sum mask
+
+``baseline: mean`` (default; the "new self-critical" variant) is the mean reward of the image's
+other samples, ``baseline: greedy`` the reward of the image's greedy caption (decoded in eval
+mode without gradients). The mask keeps each sample's tokens up to and including ``<end>``.
+
+CIDEr-D's document frequencies come from the training references, computed once in ``setup``
+(:class:`imgcap.metrics.cider_d.CiderD`); captions are compared as the vocabulary sees them
+(lower case, no punctuation). SCST starts from a cross-entropy checkpoint: ``init_from=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from imgcap.errors import ConfigError
+from imgcap.models.decoding import greedy_decode, sample_captions
+from imgcap.objectives.base import Objective, ObjectiveContext, register_objective
+from imgcap.tokens import END_ID, PAD_ID, START_ID
+
+BASELINES = ("mean", "greedy")
+
+
+@register_objective("scst")
+class SelfCritical(Objective):
+    """Policy gradient on sampled captions, rewarded by CIDEr-D.
+
+    Args:
+        samples: captions drawn per image (>= 2 with the mean baseline).
+        baseline: ``mean`` (of the image's other samples) or ``greedy`` (its greedy caption).
+        temperature: sampling temperature (1 samples the model's own distribution).
+        max_len: longest sampled caption; None uses the model's ``max_len``.
+        num_logged: how many sampled captions of the latest step are kept for the loggers.
+    """
+
+    def __init__(
+        self,
+        samples: int = 5,
+        baseline: str = "mean",
+        temperature: float = 1.0,
+        max_len: int | None = None,
+        num_logged: int = 4,
+    ) -> None:
+        if baseline not in BASELINES:
+            raise ConfigError(
+                f"model.objective.baseline must be one of {BASELINES}, got {baseline!r}"
+            )
+        if int(samples) < (2 if baseline == "mean" else 1):
+            raise ConfigError(
+                f"model.objective.samples={samples}: the mean baseline needs at least 2 samples "
+                "per image (the others' mean); use more samples or baseline=greedy"
+            )
+        self.samples = None
+        self.n = int(samples)
+        self.baseline = baseline
+        self.temperature = float(temperature)
+        self.max_len = max_len
+        self.num_logged = int(num_logged)
+        self.cider = None
+        self._words: Sequence[str] = ()
+        self._normalize = str.split
+
+    def setup(self, context: ObjectiveContext) -> None:
+        from imgcap.metrics.cider_d import CiderD  # numpy only; imported when SCST is used
+
+        if not context.train_references:
+            raise ConfigError(
+                "model/objective=scst needs the training references for CIDEr-D's document "
+                "frequencies, and the data module lists none (train_references())"
+            )
+        self._words = list(context.words)
+        self._normalize = context.normalize
+        self.max_len = int(self.max_len or context.max_len)
+        self.cider = CiderD([self._tokenize(refs) for refs in context.train_references])
+
+    def _tokenize(self, captions: Sequence[str]) -> list[str]:
+        return [" ".join(self._normalize(c)) for c in captions]
+
+    def words(self, tokens: Sequence[int]) -> str:
+        """Token ids -> the caption as words, up to <end> (no specials)."""
+        out = []
+        for t in tokens:
+            if t == END_ID:
+                break
+            if t not in (PAD_ID, START_ID):
+                out.append(self._words[t])
+        return " ".join(out)
+
+    def rewards(self, token_rows: torch.Tensor | list, references: list[list[str]]) -> torch.Tensor:
+        """CIDEr-D of each caption (rows of ids) against its references -> (N,) float32."""
+        rows = token_rows.tolist() if isinstance(token_rows, torch.Tensor) else token_rows
+        scores = self.cider.scores([self.words(r) for r in rows], references)
+        return torch.as_tensor(scores, dtype=torch.float32)
+
+    def __call__(
+        self,
+        decoder: torch.nn.Module,
+        features: torch.Tensor,
+        batch: dict[str, Any],
+        teacher_forcing_ratio: float = 1.0,
+    ) -> dict[str, torch.Tensor]:
+        if self.cider is None:
+            raise RuntimeError("SelfCritical.setup() must run before training (on_fit_start)")
+        B, n, device = features.shape[0], self.n, features.device
+        references = [self._tokenize(refs) for refs in batch["references"]]
+        per_sample_refs = [refs for refs in references for _ in range(n)]
+
+        sampled = sample_captions(
+            decoder, features, n=n, max_len=self.max_len, temperature=self.temperature
+        )
+        reward = self.rewards(sampled.tokens, per_sample_refs).to(device).view(B, n)
+        if self.baseline == "mean":
+            baseline = (reward.sum(1, keepdim=True) - reward) / (n - 1)
+        else:
+            was_training = decoder.training
+            decoder.eval()
+            with torch.no_grad():
+                greedy = greedy_decode(decoder, features.detach(), max_len=self.max_len)
+            decoder.train(was_training)
+            baseline = self.rewards(greedy.tokens, references).to(device).view(B, 1).expand(B, n)
+        advantage = (reward - baseline).reshape(-1, 1)  # (B*n, 1), a constant for autograd
+
+        mask = sampled.mask.to(sampled.log_probs.dtype)
+        loss = -(advantage * sampled.log_probs * mask).sum() / mask.sum().clamp(min=1.0)
+        self._keep_samples(batch, sampled.tokens, reward)
+        return {
+            "loss": loss,
+            "reward": reward.mean(),
+            "baseline": baseline.mean(),
+            "advantage": advantage.mean(),
+            "sample_length": mask.sum(1).mean(),
+        }
+
+    def _keep_samples(
+        self, batch: dict[str, Any], tokens: torch.Tensor, reward: torch.Tensor
+    ) -> None:
+        """The first sample of the first images, for the caption-sample logger."""
+        count = min(self.num_logged, reward.shape[0])
+        ids = batch.get("image_ids") or [str(i) for i in range(reward.shape[0])]
+        rows = tokens[:: self.n][:count].tolist()
+        self.samples = [
+            {
+                "image_id": ids[i],
+                "sample": self.words(rows[i]),
+                "reward": float(reward[i, 0]),
+                "references": list(batch["references"][i]),
+            }
+            for i in range(count)
+        ]
