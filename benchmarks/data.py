@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from imgcap.data.datamodule import Flickr8kDataModule
+from imgcap.data.datamodule import CaptionDataModule
 from imgcap.data.shapes import generate_shapes
 
 
@@ -41,7 +41,7 @@ class FrozenResNet18(nn.Module):
 
 def loader_rate(root: Path, cache: Path, workers: int, epochs: int = 2) -> float:
     """Images/s of the train loader (one caption per image), best of ``epochs`` epochs."""
-    dm = Flickr8kDataModule(
+    dm = CaptionDataModule(
         root=str(root),
         cache_dir=str(cache),
         image_size=224,
@@ -63,7 +63,7 @@ def loader_rate(root: Path, cache: Path, workers: int, epochs: int = 2) -> float
     return best
 
 
-def epoch_seconds(dm: Flickr8kDataModule, encoder: nn.Module | None) -> float:
+def epoch_seconds(dm: CaptionDataModule, encoder: nn.Module | None) -> float:
     """One pass over the train loader; without the cache the frozen encoder runs on every batch."""
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -121,9 +121,9 @@ def cache_speedup(shapes: Path, cache_dir: Path, workers: int) -> dict[str, floa
         quiet=True,
     )
     encoder = FrozenResNet18()
-    plain = Flickr8kDataModule(**common)
+    plain = CaptionDataModule(**common)
     plain.setup("fit")
-    cached = Flickr8kDataModule(**common, cache_features=True)
+    cached = CaptionDataModule(**common, cache_features=True)
     cached.setup("fit")
     cached.attach_feature_encoder(encoder, {"arch": "resnet18", "weights": None, "grid": 7})
     t0 = time.perf_counter()

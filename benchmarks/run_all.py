@@ -299,13 +299,13 @@ def gpu_data_rates(device: torch.device, n: int, arch: str, image_size: int, wor
     """The real data path on a generated set of ``n`` JPEGs: the DataModule builds the feature
     cache of train + val on ``device`` (decode + encoder + write, images/s), then one pass of
     the cached train loader, every caption of every image (captions/s)."""
-    from imgcap.data.datamodule import Flickr8kDataModule
+    from imgcap.data.datamodule import CaptionDataModule
     from imgcap.data.shapes import generate_shapes
 
     enc = build_encoder(arch=arch, weights=None, encoded_size=14, fine_tune="frozen").to(device)
     with tempfile.TemporaryDirectory() as tmp:
         root = generate_shapes(Path(tmp) / "s", num_images=n, image_size=image_size, seed=0)
-        dm = Flickr8kDataModule(
+        dm = CaptionDataModule(
             root=str(root),
             image_size=image_size,
             batch_size=RUN["batch"],

@@ -323,7 +323,9 @@ class CaptionSampleLogger(L.Callback):
         for sample in self._samples[: self.num_attention]:
             if sample["image"] is None or not sample["prediction"]:
                 continue
-            png = out_dir / f"epoch_{epoch:03d}_{Path(sample['image_id']).stem}.png"
+            # ids of nested trees are "folder/name.jpg": keep the folder, so names stay distinct
+            stem = Path(sample["image_id"]).with_suffix("").as_posix().replace("/", "_")
+            png = out_dir / f"epoch_{epoch:03d}_{stem}.png"
             attention_overlay(
                 sample["image"], sample["prediction"].split(), sample["alphas"], path=png
             )
@@ -345,7 +347,7 @@ class CaptionSampleLogger(L.Callback):
         if annotations is None:
             return None
         try:
-            image = load_image(Path(annotations.image_dir) / image_id)
+            image = load_image(annotations.image_path(image_id))
         except DataError:
             return None
         return to_uint8(image, int(datamodule.image_size)).permute(1, 2, 0).numpy()

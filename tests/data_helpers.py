@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imgcap.data.datamodule import Flickr8kDataModule
+from imgcap.data.datamodule import CaptionDataModule
 
 
-def small_datamodule(root: Path, cache_dir: Path, **overrides) -> Flickr8kDataModule:
+def small_datamodule(root: Path, cache_dir: Path, **overrides) -> CaptionDataModule:
     """32 px images, batches of 8, every word kept, no progress bars; ``overrides`` win."""
     settings = dict(
         root=str(root),
@@ -17,4 +17,4 @@ def small_datamodule(root: Path, cache_dir: Path, **overrides) -> Flickr8kDataMo
         min_word_freq=1,
         quiet=True,
     )
-    return Flickr8kDataModule(**{**settings, **overrides})
+    return CaptionDataModule(**{**settings, **overrides})

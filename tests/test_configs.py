@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from imgcap.data.datamodule import Flickr8kDataModule
+from imgcap.data.datamodule import CaptionDataModule
 from imgcap.module import CaptioningModule
 from tests.hydra_helpers import CONF_DIR, compose_train
 
@@ -26,7 +26,7 @@ def test_experiment_composes_and_instantiates(experiment, tmp_path):
     # No pretrained weights can be fetched in tests: the enum path is covered elsewhere.
     cfg = compose_train(tmp_path, [f"experiment={experiment}", "model.encoder.weights=null"])
     datamodule = instantiate(cfg.data)
-    assert isinstance(datamodule, Flickr8kDataModule)
+    assert isinstance(datamodule, CaptionDataModule)
     model = instantiate(cfg.model, vocab=VOCAB)
     assert isinstance(model, CaptioningModule)
     assert model.decoder.vocab_size == len(VOCAB)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from imgcap.data.annotations import detect_layout, load_annotations, seeded_split, split_sizes
-from imgcap.data.datamodule import Flickr8kDataModule
+from imgcap.data.datamodule import CaptionDataModule
 from imgcap.data.vocab import Vocabulary
 from imgcap.errors import DataError
 
@@ -83,7 +83,7 @@ def test_sample_layouts_agree(flickr8k_sample: Path, tmp_path: Path) -> None:
 
     vocabs = []
     for name, root in (("k", tmp_path / "k"), ("o", tmp_path / "o")):
-        dm = Flickr8kDataModule(root=str(root), min_word_freq=2, quiet=True)
+        dm = CaptionDataModule(root=str(root), min_word_freq=2, quiet=True)
         dm.setup("validate")
         vocabs.append(dm.vocab)
         assert (root / ".imgcap_cache").is_dir(), name
@@ -212,7 +212,7 @@ def test_missing_or_empty_root(tmp_path: Path, make_empty: bool) -> None:
     root = tmp_path / "flickr8k"
     if make_empty:
         root.mkdir()
-    dm = Flickr8kDataModule(root=str(root), quiet=True)
+    dm = CaptionDataModule(root=str(root), quiet=True)
     with pytest.raises(DataError) as err:
         dm.prepare_data()
     msg = str(err.value)
@@ -301,11 +301,11 @@ def test_truncated_jpeg_error_and_skip(tmp_path: Path) -> None:
     names = make_kaggle(tmp_path, n=8)
     truncate(tmp_path / "Images" / names[2])
     with pytest.raises(DataError) as err:
-        Flickr8kDataModule(root=str(tmp_path), quiet=True, min_word_freq=1).setup("fit")
+        CaptionDataModule(root=str(tmp_path), quiet=True, min_word_freq=1).setup("fit")
     assert names[2] in str(err.value) and "bad_images=skip" in str(err.value)
     assert not (tmp_path / ".imgcap_cache").exists()  # nothing written by the failed run
 
-    dm = Flickr8kDataModule(root=str(tmp_path), quiet=True, min_word_freq=1, bad_images="skip")
+    dm = CaptionDataModule(root=str(tmp_path), quiet=True, min_word_freq=1, bad_images="skip")
     with pytest.warns(UserWarning, match=names[2]):
         dm.setup(None)
     assert all(names[2] not in ids for ids in dm.annotations.splits.values())
@@ -314,14 +314,14 @@ def test_truncated_jpeg_error_and_skip(tmp_path: Path) -> None:
 
 def test_failed_run_keeps_earlier_vocabulary(tmp_path: Path) -> None:
     make_kaggle(tmp_path, n=8)
-    dm = Flickr8kDataModule(root=str(tmp_path), quiet=True, min_word_freq=1)
+    dm = CaptionDataModule(root=str(tmp_path), quiet=True, min_word_freq=1)
     dm.prepare_data()
     vocab_file = dm.vocab_path()
     before = vocab_file.read_bytes()
     with open(tmp_path / "captions.txt", "a") as f:
         f.write("im0.jpg,one,two\n")
     with pytest.raises(DataError, match=r"captions\.txt:18"):
-        Flickr8kDataModule(root=str(tmp_path), quiet=True, min_word_freq=1).prepare_data()
+        CaptionDataModule(root=str(tmp_path), quiet=True, min_word_freq=1).prepare_data()
     assert vocab_file.read_bytes() == before
     assert Vocabulary.load(vocab_file) == dm.vocab
     assert [p.name for p in (tmp_path / ".imgcap_cache").iterdir()] == [vocab_file.name]

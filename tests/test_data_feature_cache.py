@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from imgcap.data.datamodule import Flickr8kDataModule
+from imgcap.data.datamodule import CaptionDataModule
 from imgcap.data.feature_cache import (
     build_feature_cache,
     cache_key,
@@ -37,7 +37,7 @@ class CountingEncoder(nn.Module):
         return self.pool(self.conv(x)).flatten(2).transpose(1, 2)  # (B, P, C)
 
 
-def make_dm(root: Path, cache_dir: Path, encoder: nn.Module, key: dict) -> Flickr8kDataModule:
+def make_dm(root: Path, cache_dir: Path, encoder: nn.Module, key: dict) -> CaptionDataModule:
     dm = small_datamodule(root, cache_dir, cache_features=True)
     dm.setup("fit")  # vocabulary first (the task sizes the model from it) ...
     dm.attach_feature_encoder(encoder, key)
@@ -105,7 +105,7 @@ def test_cache_features_without_encoder_is_a_config_error(
 ) -> None:
     from imgcap.errors import ConfigError
 
-    dm = Flickr8kDataModule(
+    dm = CaptionDataModule(
         root=str(shapes_root),
         cache_dir=str(tmp_path),
         image_size=32,

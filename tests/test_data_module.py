@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imgcap.data.datamodule import Flickr8kDataModule
+from imgcap.data.datamodule import CaptionDataModule
 from imgcap.data.transforms import eval_transform, load_image
 from imgcap.data.vocab import END_ID, PAD_ID, START_ID, UNK_ID, Vocabulary
 from imgcap.errors import ConfigError, DataError
@@ -51,7 +51,7 @@ def test_batches_have_documented_format(shapes_root: Path, tmp_path: Path, prelo
     assert len(dm.datasets["train"]) == 32 * 5
 
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"images", "captions", "lengths", "image_ids"}
+    assert set(batch) == {"images", "captions", "lengths", "image_ids", "references"}
     assert batch["images"].shape == (8, 3, 32, 32) and batch["images"].dtype == torch.float32
     caps, lengths = batch["captions"], batch["lengths"]
     assert caps.dtype == torch.int64 and lengths.dtype == torch.int64 and lengths.shape == (8,)
@@ -150,6 +150,6 @@ def test_synthetic_is_generated_then_reused(tmp_path: Path) -> None:
 
 def test_config_errors() -> None:
     with pytest.raises(ConfigError, match="captions_per_image"):
-        Flickr8kDataModule(captions_per_image="2")
+        CaptionDataModule(captions_per_image="2")
     with pytest.raises(ConfigError, match="bad_images"):
-        Flickr8kDataModule(bad_images="ignore")
+        CaptionDataModule(bad_images="ignore")

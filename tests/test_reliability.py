@@ -409,7 +409,7 @@ def test_error_from_a_dataloader_worker_is_one_line():
 def test_corrupt_jpeg_with_intact_markers_is_caught_before_training(tmp_path):
     from PIL import Image
 
-    from imgcap.data.datamodule import Flickr8kDataModule
+    from imgcap.data.datamodule import CaptionDataModule
     from tests.test_data_annotations import make_kaggle
 
     names = make_kaggle(tmp_path, n=8)
@@ -420,9 +420,9 @@ def test_corrupt_jpeg_with_intact_markers_is_caught_before_training(tmp_path):
     table = data.find(b"\xff\xc4")  # a Huffman table: zeroed, SOI and EOI left intact
     path.write_bytes(data[: table + 4] + bytes(40) + data[table + 44 :])
     with pytest.raises(DataError, match=names[3]) as err:
-        Flickr8kDataModule(root=str(tmp_path), quiet=True, min_word_freq=1).setup("fit")
+        CaptionDataModule(root=str(tmp_path), quiet=True, min_word_freq=1).setup("fit")
     assert "bad_images=skip" in str(err.value)
-    dm = Flickr8kDataModule(root=str(tmp_path), quiet=True, min_word_freq=1, bad_images="skip")
+    dm = CaptionDataModule(root=str(tmp_path), quiet=True, min_word_freq=1, bad_images="skip")
     with pytest.warns(UserWarning, match=names[3]):
         dm.setup("fit")
     assert all(names[3] not in ids for ids in dm.annotations.splits.values())

@@ -1,4 +1,8 @@
-"""The LightningDataModule: validation, vocabulary, datasets and loaders for Flickr8k-style data.
+"""The LightningDataModule: validation, vocabulary, datasets and loaders for any caption dataset.
+
+Which dataset is a matter of configuration: ``data.root`` and the annotation reader
+(``data.layout``, detected by default; see :mod:`imgcap.data.readers`), with
+``data.annotations_file`` / ``data.image_dir`` when the files are not where the reader looks.
 
 Hook order and what each one does:
 
@@ -40,6 +44,7 @@ from imgcap.data.datasets import (
     collate_train,
 )
 from imgcap.data.feature_cache import build_feature_cache, default_batch_size
+from imgcap.data.readers import check_layout
 from imgcap.data.sampler import ResumableSampler
 from imgcap.data.shapes import META_FILE, generate_shapes, is_complete_shapes_dataset
 from imgcap.data.transforms import check_image_file, eval_transform, train_transform
@@ -73,11 +78,14 @@ def resolve_num_workers(value: int | str) -> int:
     return workers
 
 
-class Flickr8kDataModule(L.LightningDataModule):
-    """Flickr8k (any of the three layouts) or the generated shapes set.
+class CaptionDataModule(L.LightningDataModule):
+    """Any dataset a registered reader can read (Flickr8k in its three layouts, Flickr30k and
+    COCO through Karpathy's json, ...) or the generated shapes set.
 
     Args mirror the ``data.*`` config keys; see the module docstring of
-    :mod:`imgcap.data.datasets` for the batch format.
+    :mod:`imgcap.data.datasets` for the batch format. ``layout``: ``auto`` (detect) or a reader
+    name; ``annotations_file`` / ``image_dir``: the annotation file and the image folder when
+    they are not where the reader looks (relative paths are under ``root``).
     """
 
     def __init__(
@@ -102,8 +110,12 @@ class Flickr8kDataModule(L.LightningDataModule):
         synthetic: dict[str, Any] | None = None,
         quiet: bool = False,
         shuffle_seed: int = 0,
+        layout: str = "auto",
+        annotations_file: str | None = None,
+        image_dir: str | None = None,
     ):
         super().__init__()
+        self.layout = check_layout(layout)  # an unknown name fails here, before any work
         if str(captions_per_image) not in ("all", "1"):
             raise ConfigError(
                 f"data.captions_per_image must be 'all' or 1, got {captions_per_image!r}"
@@ -138,6 +150,8 @@ class Flickr8kDataModule(L.LightningDataModule):
         self.synthetic = dict(synthetic) if synthetic else None
         self.quiet = quiet
         self.shuffle_seed = int(shuffle_seed)
+        self.annotations_file = annotations_file
+        self.image_dir = image_dir
         # Where the training order resumes (epoch, items already seen), from a checkpoint.
         self._resume_position: tuple[int, int] | None = None
         self._train_sampler: ResumableSampler | None = None
@@ -254,7 +268,9 @@ class Flickr8kDataModule(L.LightningDataModule):
             return self.annotations
         if self.synthetic is not None and not self.root.exists():
             self._ensure_synthetic()  # setup() without prepare_data() (e.g. a quick script)
-        ann = load_annotations(self.root, self.split_seed)
+        ann = load_annotations(
+            self.root, self.split_seed, self.layout, self.annotations_file, self.image_dir
+        )
         self._check_images(ann)
         if self.limit_train_images is not None:
             ann.splits["train"] = ann.splits["train"][: self.limit_train_images]
@@ -271,11 +287,11 @@ class Flickr8kDataModule(L.LightningDataModule):
         for name in tqdm(
             names, desc="checking images", unit="img", disable=quiet, dynamic_ncols=True
         ):
-            reason = check_image_file(ann.image_dir / name)
+            reason = check_image_file(ann.image_path(name))
             if reason is not None:
                 if self.bad_images == "error":
                     raise DataError(
-                        f"{ann.image_dir / name}: {reason}; re-download the image or set data.bad_images=skip"
+                        f"{ann.image_path(name)}: {reason}; re-download the image or set data.bad_images=skip"
                     )
                 bad[name] = reason
         if bad:
@@ -288,6 +304,13 @@ class Flickr8kDataModule(L.LightningDataModule):
             ann.splits = {s: [n for n in ids if n not in bad] for s, ids in ann.splits.items()}
             for name in bad:
                 ann.captions.pop(name, None)
+
+    def train_references(self) -> list[list[str]]:
+        """For each training image, in split order, all its raw reference captions (e.g. the
+        corpus of a CIDEr-D reward's document frequencies). Reads and checks the annotations on
+        first use; honours ``limit_train_images`` and images skipped as unreadable."""
+        ann = self._load_annotations()
+        return [list(ann.captions[name]) for name in ann.splits["train"]]
 
     def vocab_path(self) -> Path:
         """``<cache_dir>/vocab-<hash>.json``; the hash covers the training captions and min_word_freq."""
@@ -434,3 +457,14 @@ class Flickr8kDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=collate_train if split == "train" else collate_eval,
         )
+
+
+class Flickr8kDataModule(CaptionDataModule):
+    """The name :class:`CaptionDataModule` had while Flickr8k was its only dataset, kept so that
+    configs and checkpoints naming ``imgcap.data.datamodule.Flickr8kDataModule`` still build.
+
+    A subclass with nothing added rather than a second name for the class: Lightning saves the
+    data module's state (where the training order stands) under the class's own name, so a run
+    resumed from such a checkpoint (whose stored config names this class) finds its position
+    under the key it was saved with.
+    """

@@ -7,11 +7,15 @@ An *image source* turns an image id into the model input; three kinds exist:
 * :class:`CachedFeatures`  - frozen-encoder outputs from the feature cache -> ``features`` (P, C)
 
 The caption datasets are agnostic of the source; the source's ``key`` names the batch entry.
+An image id is the image's path relative to the image folder (``name.jpg`` or
+``folder/name.jpg``, see :mod:`imgcap.data.readers`), so ``image_dir / image_id`` is its file.
 
 Batches (B = batch size, T = longest encoded caption in the batch, captions padded with PAD_ID=0):
 
-* train: ``{"images"|"features", "captions": (B, T) int64, "lengths": (B,) int64, "image_ids"}``,
-  lengths count ``<start>`` and ``<end>``;
+* train: ``{"images"|"features", "captions": (B, T) int64, "lengths": (B,) int64,
+  "image_ids": list[str], "references": list[list[str]]}``; lengths count ``<start>`` and
+  ``<end>``; ``references[b]`` are all raw captions of item b's image (``captions[b]`` encodes
+  one of them), e.g. for a sequence-level reward;
 * val/test: ``{"images"|"features", "references": list[list[str]], "image_ids": list[str]}``.
 """
 
@@ -113,6 +117,7 @@ class CaptionTrainDataset(Dataset):
     ):
         self.image_ids = list(image_ids)
         self.source = source
+        self.captions = {i: list(captions[i]) for i in self.image_ids}
         # Encode once: ids are small and re-normalising text in every epoch is wasted work.
         self.encoded = {
             i: [encode_caption(vocab, c, max_caption_len) for c in captions[i]]
@@ -144,6 +149,7 @@ class CaptionTrainDataset(Dataset):
             self.source.key: self.source(image_id),
             "caption": self.encoded[image_id][k],
             "image_id": image_id,
+            "references": list(self.captions[image_id]),
         }
 
 
@@ -178,14 +184,20 @@ def _stack_input(samples: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def collate_train(samples: list[dict]) -> dict:
-    """List of train items -> batch dict (captions right-padded with PAD_ID to the longest)."""
+    """List of train items -> batch dict (captions right-padded with PAD_ID to the longest),
+    with each item's image id and all the raw reference captions of its image."""
     caps = [s["caption"] for s in samples]
     lengths = torch.tensor([len(c) for c in caps], dtype=torch.long)  # (B,)
     padded = torch.full((len(caps), int(lengths.max())), PAD_ID, dtype=torch.long)  # (B, T)
     for row, c in enumerate(caps):
         padded[row, : len(c)] = c
     batch = _stack_input(samples)
-    batch.update(captions=padded, lengths=lengths, image_ids=[s["image_id"] for s in samples])
+    batch.update(
+        captions=padded,
+        lengths=lengths,
+        image_ids=[s["image_id"] for s in samples],
+        references=[s["references"] for s in samples],
+    )
     return batch
 
 
