@@ -9,12 +9,14 @@ of the result (missing, not 0) and PTB tokenisation falls back to :func:`python_
 a pure-Python imitation of PTBTokenizer for caption text; a single warning says so.
 
 Modules: ``tokenize`` (PTB tokenisation), ``meteor`` (the METEOR process), ``scorers``
-(:func:`compute_caption_metrics`, :func:`scoring_info`), ``torchmetric`` (:class:`CaptionMetric`)
-and ``common`` (:class:`MetricsWarning`).
+(:func:`compute_caption_metrics`, :func:`scoring_info`), ``torchmetric`` (:class:`CaptionMetric`),
+``common`` (:class:`MetricsWarning`) and ``cider_d`` (:class:`CiderD`, per-caption CIDEr-D in
+process, the self-critical training reward).
 """
 
 from __future__ import annotations
 
+from imgcap.metrics.cider_d import CiderD
 from imgcap.metrics.common import MetricsWarning
 from imgcap.metrics.scorers import METRIC_KEYS, compute_caption_metrics, scoring_info
 from imgcap.metrics.tokenize import (
@@ -31,6 +33,7 @@ __all__ = [
     "TOKENIZER_JAVA",
     "TOKENIZER_PYTHON",
     "CaptionMetric",
+    "CiderD",
     "MetricsWarning",
     "compute_caption_metrics",
     "java_available",
