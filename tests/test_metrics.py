@@ -14,7 +14,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from imgcap import metrics
 from imgcap.metrics import (
     METRIC_KEYS,
     CaptionMetric,
@@ -24,6 +23,9 @@ from imgcap.metrics import (
     ptb_tokenize,
     python_ptb_tokenize,
 )
+from imgcap.metrics import common as metrics_common
+from imgcap.metrics import meteor as metrics_meteor
+from imgcap.metrics import tokenize as metrics_tokenize
 
 needs_java = pytest.mark.skipif(not java_available(), reason="Java is not installed")
 
@@ -155,7 +157,7 @@ def _meteor_children() -> list[int]:
 
 @pytest.fixture
 def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(metrics, "_warned", set())
+    monkeypatch.setattr(metrics_common, "_warned", set())
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,7 +293,7 @@ def test_java_missing_on_sample_close_to_java(monkeypatch, tmp_path, fresh_warni
 
 @needs_java
 def test_meteor_failure_degrades_to_warning(monkeypatch, fresh_warnings):
-    monkeypatch.setattr(metrics, "_METEOR_CMD", ["java", "-jar", "/nonexistent/meteor.jar"])
+    monkeypatch.setattr(metrics_meteor, "_METEOR_CMD", ["java", "-jar", "/nonexistent/meteor.jar"])
     hyps, refs = _leave_one_out(FIXED_CAPTIONS)
     with pytest.warns(MetricsWarning, match="METEOR is skipped"):
         scores = compute_caption_metrics(hyps, refs)
@@ -327,7 +329,7 @@ def test_java_tokenizer_matches_recorded_output_and_raw_class():
 @needs_java
 def test_python_tokenizer_matches_java_on_sample():
     captions = [c for caps in _sample_captions() for c in caps]
-    java = metrics._java_ptb_tokenize(captions)
+    java = metrics_tokenize._java_ptb_tokenize(captions)
     python = python_ptb_tokenize(captions)
     differing = [(c, j, p) for c, j, p in zip(captions, java, python, strict=True) if j != p]
     assert differing == []
