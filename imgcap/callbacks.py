@@ -271,12 +271,32 @@ class CaptionSampleLogger(L.Callback):
     on cached features the batches hold no pixels: the few sample pictures are then read from
     disk (resized and cropped as for the cache), and their attention is the one computed from
     the cached features during validation.
+
+    An objective that samples captions in training (SCST) keeps a few of the last step's in
+    ``objective.samples``: they go to ``samples/train_epoch_XXX.json`` and a W&B
+    ``train/samples`` table at the end of each training epoch.
     """
 
     def __init__(self, num_samples: int = 8, num_attention: int = 2) -> None:
         self.num_samples = num_samples
         self.num_attention = num_attention
         self._samples: list[dict[str, Any]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        samples = getattr(getattr(pl_module, "objective", None), "samples", None)
+        if not samples or not trainer.is_global_zero:
+            return
+        out_dir = Path(trainer.default_root_dir) / "samples"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"train_epoch_{trainer.current_epoch:03d}.json"
+        path.write_text(json.dumps(samples, indent=1))
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                keys = list(samples[0])
+                rows = [
+                    [str(s[k]) if isinstance(s[k], list) else s[k] for k in keys] for s in samples
+                ]
+                logger.log_table("train/samples", columns=keys, data=rows)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._samples = []
