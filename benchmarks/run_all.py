@@ -1,7 +1,7 @@
 """Every speed target in one run: prints a line per measurement and, with --json, one JSON
 object last. Each ratio compares two variants timed alternately in the same process.
 
-    python benchmarks/run_all.py [--json] [--smoke] [--gpu-sections-on-cpu]
+    python benchmarks/run_all.py [--json] [--smoke] [--gpu-sections-on-cpu] [--gpu-only]
 
 CPU (always):
   train_step_vs_reference   decoder train step (fwd + bwd + Adam), B=32: the textbook loop
@@ -364,6 +364,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the script")
     parser.add_argument("--gpu-sections-on-cpu", action="store_true")
+    parser.add_argument(
+        "--gpu-only", action="store_true", help="skip the CPU sections (a short GPU session)"
+    )
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument(
         "--scoring-seconds",
@@ -384,28 +387,29 @@ def main() -> None:
         print(f"{key:<36} {text}", flush=True)
 
     reps = args.reps or (2 if smoke else 3)
-    r = train_step(32, size, cpu, reps, autocast=False)
-    report(
-        "train_step_vs_reference",
-        round(r["ratio"], 2),
-        f"{r['ratio']:.2f}x  (ms/step {r['ms']}; same loss: {r['same_loss']})",
-    )
-    out["train_step_cpu_ms"], out["train_step_same_loss"] = r["ms"], r["same_loss"]
+    if not args.gpu_only:
+        r = train_step(32, size, cpu, reps, autocast=False)
+        report(
+            "train_step_vs_reference",
+            round(r["ratio"], 2),
+            f"{r['ratio']:.2f}x  (ms/step {r['ms']}; same loss: {r['same_loss']})",
+        )
+        out["train_step_cpu_ms"], out["train_step_same_loss"] = r["ms"], r["same_loss"]
 
-    r = beam(8 if smoke else 32, size, cpu, reps)
-    report(
-        "beam_batched_vs_per_image",
-        round(r["ratio"], 2),
-        f"{r['ratio']:.2f}x  (images/s { ({k: round(v, 1) for k, v in r['images_per_s'].items()}) })",
-    )
-    report("beam_outputs_identical", r["identical"], str(r["identical"]))
+        r = beam(8 if smoke else 32, size, cpu, reps)
+        report(
+            "beam_batched_vs_per_image",
+            round(r["ratio"], 2),
+            f"{r['ratio']:.2f}x  (images/s { ({k: round(v, 1) for k, v in r['images_per_s'].items()}) })",
+        )
+        report("beam_outputs_identical", r["identical"], str(r["identical"]))
 
-    r = cache_vs_no_cache(64 if smoke else 256, workers=2)
-    report(
-        "cache_vs_no_cache",
-        round(r["ratio"], 1),
-        f"{r['ratio']:.1f}x  (epoch {r['without_s']:.2f}s -> {r['with_s']:.3f}s, build {r['build_s']:.2f}s)",
-    )
+        r = cache_vs_no_cache(64 if smoke else 256, workers=2)
+        report(
+            "cache_vs_no_cache",
+            round(r["ratio"], 1),
+            f"{r['ratio']:.1f}x  (epoch {r['without_s']:.2f}s -> {r['with_s']:.3f}s, build {r['build_s']:.2f}s)",
+        )
 
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
     if gpu is None and args.gpu_sections_on_cpu:
