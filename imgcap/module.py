@@ -44,7 +44,9 @@ class CaptioningModule(L.LightningModule):
             encoder's own learning rate when it trains.
         decoder: ``{name, **settings}``: ``lstm_attention`` (Show, Attend and Tell; settings
             attention_dim, embed_dim, decoder_dim, dropout, deep_output, unroll) or
-            ``transformer``, or any registered decoder.
+            ``transformer`` (d_model, num_layers, num_heads, ff_dim, dropout,
+            attention_dropout, max_len, tie_embeddings, region_positions), or any registered
+            decoder.
         objective: ``{name, **settings}``: ``xe`` (alpha_c) or ``scst`` (see
             :mod:`imgcap.objectives`).
         encoded_size: the encoder grid is ``encoded_size x encoded_size`` regions (P cells).

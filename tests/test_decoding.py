@@ -9,7 +9,13 @@ import torch
 
 from imgcap.data.vocab import END_ID, PAD_ID, START_ID
 from imgcap.errors import ConfigError
-from imgcap.models import AttentionLSTMDecoder, beam_search, decode, greedy_decode
+from imgcap.models import (
+    AttentionLSTMDecoder,
+    TransformerDecoder,
+    beam_search,
+    decode,
+    greedy_decode,
+)
 
 V, C, P, MAX_LEN = 15, 24, 5, 8
 
@@ -27,6 +33,24 @@ def _decoder(end_bias: float = 0.0, seed: int = 0) -> AttentionLSTMDecoder:
         dec.out.weight.mul_(3.0)
         dec.out.bias[END_ID] = end_bias
     return dec
+
+
+def _transformer(end_bias: float = 0.0, seed: int = 0) -> TransformerDecoder:
+    """A small random transformer decoder with sharpened outputs and more weight on the image
+    (so captions vary), <end> made likelier or rarer through its output bias."""
+    torch.manual_seed(seed)
+    dec = TransformerDecoder(
+        V, C, d_model=16, num_layers=2, num_heads=4, ff_dim=32, tie_embeddings=False
+    ).eval()
+    with torch.no_grad():
+        dec.out.weight.mul_(2.0)
+        dec.out.bias[END_ID] = 2.0 + end_bias
+        for layer in dec.layers:
+            layer.cross_out.weight.mul_(3.0)
+    return dec
+
+
+MAKE_DECODER = {"lstm_attention": _decoder, "transformer": _transformer}
 
 
 def _features(B: int = 6, seed: int = 1) -> torch.Tensor:
@@ -109,12 +133,12 @@ def test_greedy_covers_both_endings_and_shapes():
         assert ended or len(tokens) == MAX_LEN
 
 
-def _mixed_batch_setup(k: int):
+def _mixed_batch_setup(k: int, make_decoder=_decoder):
     """Find an <end> bias where, in the reference, some hypotheses end early, some are cut at
     max_len, and the chosen captions include both kinds."""
     feats = _features()
     for end_bias in (0.0, 0.25, -0.25, 0.5, -0.5):
-        dec = _decoder(end_bias)
+        dec = make_decoder(end_bias)
         ref = _reference_batch(dec, feats, k, MAX_LEN)
         ended = {r.ended for r in ref}
         if (
@@ -126,9 +150,10 @@ def _mixed_batch_setup(k: int):
     pytest.fail("no <end> bias gave a batch with both early ends and max_len cuts")
 
 
-@pytest.mark.parametrize("k", [3, 5])
-def test_batched_beam_equals_per_image_reference(k):
-    dec, feats, ref = _mixed_batch_setup(k)
+@pytest.mark.parametrize("decoder", sorted(MAKE_DECODER))
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_batched_beam_equals_per_image_reference(k, decoder):
+    dec, feats, ref = _mixed_batch_setup(k, MAKE_DECODER[decoder])
     out = beam_search(dec, feats, beam_size=k, max_len=MAX_LEN, length_penalty=1.0)
     assert out.tokens == [r.tokens for r in ref]
     torch.testing.assert_close(out.scores, torch.tensor([r.score for r in ref]), rtol=0, atol=1e-4)

@@ -16,6 +16,7 @@ from imgcap.models.decoding import (
 )
 from imgcap.models.encoder import ARCHS, ImageEncoder, build_encoder
 from imgcap.models.registry import DECODERS, build_decoder, register_decoder
+from imgcap.models.transformer import TransformerDecoder, TransformerState
 
 __all__ = [
     "ARCHS",
@@ -28,6 +29,8 @@ __all__ = [
     "ImageEncoder",
     "LSTMState",
     "SampleResult",
+    "TransformerDecoder",
+    "TransformerState",
     "beam_search",
     "build_decoder",
     "build_encoder",
