@@ -18,21 +18,11 @@ PY=${PY:-python}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" | tee -a "$OUT/gpu.txt"
 
-# The CUDA-only tests (skipped on CPUs), with the unroll-equality tests beside them.
-timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_decoder_paths.py \
-  tests/test_reliability.py::test_guard_on_gpu_names_the_first_bad_step_when_it_reads_the_flag \
-  > "$OUT/pytest.txt" 2>&1
-tail -5 "$OUT/pytest.txt"
-
-timeout 200 $PY benchmarks/run_all.py --gpu-only --json > "$OUT/run_all.txt" 2>&1
-tail -1 "$OUT/run_all.txt" > "$OUT/run_all.json"
-grep -v '^{' "$OUT/run_all.txt" | tail -12
-
 demo() {  # name, then train.py overrides
   local name=$1
   shift
   local start=$SECONDS
-  timeout 150 $PY train.py trainer=gpu print_config=false data.quiet=true \
+  timeout 85 $PY train.py trainer=gpu print_config=false data.quiet=true \
     paths.output_dir="$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
   echo "$name: rc=$? wall_s=$((SECONDS - start))" | tee -a "$OUT/walltimes.txt"
 }
@@ -43,3 +33,14 @@ for name in demo_lstm demo_transformer demo_scst; do
   $PY -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2], {k: round(v, 4) for k, v in m.items() if k.startswith(('test/', 'val/')) and isinstance(v, float)})" \
     "$OUT/$name/metrics.json" "$name" 2>/dev/null | tee -a "$OUT/walltimes.txt"
 done
+
+# The CUDA-only tests (skipped on CPUs), with the unroll-equality tests beside them.
+timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_decoder_paths.py \
+  tests/test_reliability.py::test_guard_on_gpu_names_the_first_bad_step_when_it_reads_the_flag \
+  > "$OUT/pytest.txt" 2>&1
+tail -5 "$OUT/pytest.txt"
+
+timeout 170 $PY benchmarks/run_all.py --gpu-only --json > "$OUT/run_all.txt" 2>&1
+tail -1 "$OUT/run_all.txt" > "$OUT/run_all.json"
+grep -v '^{' "$OUT/run_all.txt" | tail -12
+

@@ -101,6 +101,7 @@ class CaptioningModule(L.LightningModule):
         self.encoder = build_encoder(encoded_size=encoded_size, **encoder_cfg)
         self.decoder = build_decoder(decoder, len(self.vocab), self.encoder.out_dim)
         self.objective = build_objective(objective)
+        _check_decoder_fits(self.decoder, teacher_forcing_ratio, teacher_forcing_schedule, max_len)
         # Set by the fine-tuning schedule: the optimizer then holds an encoder group from the
         # start (frozen parameters have no gradient, so the optimizer skips them until unfrozen).
         self.optimize_frozen_encoder = False
@@ -173,6 +174,16 @@ class CaptioningModule(L.LightningModule):
         batch_size = features.size(0)
         for name, value in losses.items():
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
+        # Values whose trend matters more than their step-to-step noise (SCST's reward) also
+        # get an epoch mean, train/<name>_epoch.
+        for name in getattr(self.objective, "epoch_means", ()):
+            self.log(
+                f"train/{name}_epoch",
+                losses[name],
+                on_step=False,
+                on_epoch=True,
+                batch_size=batch_size,
+            )
         if self.hparams.teacher_forcing_schedule:
             self.log("train/teacher_forcing_ratio", ratio, batch_size=batch_size)
         return losses["loss"]
@@ -302,6 +313,28 @@ class CaptioningModule(L.LightningModule):
 def _wanted(setting: bool | str, default: bool) -> bool:
     """``auto`` -> default; booleans as given."""
     return default if setting == "auto" else bool(setting)
+
+
+def _check_decoder_fits(
+    decoder: torch.nn.Module, ratio: float, schedule: dict | None, max_len: int
+) -> None:
+    """Settings the chosen decoder cannot honour fail here, before any data work, rather than
+    at the first training step or after an epoch."""
+    name = type(decoder).__name__
+    if (float(ratio) < 1.0 or schedule) and not getattr(
+        decoder, "supports_scheduled_sampling", False
+    ):
+        raise ConfigError(
+            f"model.teacher_forcing_ratio={ratio} / model.teacher_forcing_schedule={schedule}: "
+            f"the {name} does not do scheduled sampling; set model.teacher_forcing_ratio=1.0 "
+            "and model.teacher_forcing_schedule=null"
+        )
+    positions = getattr(decoder, "max_len", None)
+    if positions is not None and positions < max_len:
+        raise ConfigError(
+            f"model.max_len={max_len} is longer than the {name}'s model.decoder.max_len="
+            f"{positions} positions: raise model.decoder.max_len or lower model.max_len"
+        )
 
 
 def _check_switch(name: str, value: Any) -> None:

@@ -1,8 +1,10 @@
 """The offline demo (`python train.py experiment=demo`, what `make demo` runs) meets its bar:
-mostly correct, clearly image-dependent captions."""
+mostly correct, clearly image-dependent captions; SCST from its checkpoint raises CIDEr; the
+Transformer decoder meets the same bar."""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import Counter
 from pathlib import Path
@@ -30,11 +32,18 @@ def word_accuracy(predictions: list[dict], truth: dict[str, list[dict]], vocabul
     return hits / len(predictions)
 
 
-@pytest.mark.slow
-def test_demo_captions_are_correct_and_image_dependent(tmp_path):
-    cfg = compose_train(tmp_path, ["experiment=demo", "callbacks.progress_bar=null"])
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> tuple[Path, Path]:
+    """The cross-entropy demo, trained once: (its root folder, its run folder)."""
+    root = tmp_path_factory.mktemp("demo")
+    cfg = compose_train(root, ["experiment=demo", "callbacks.progress_bar=null"])
     tasks.train(cfg)
-    run = Path(cfg.paths.output_dir)
+    return root, Path(cfg.paths.output_dir)
+
+
+@pytest.mark.slow
+def test_demo_captions_are_correct_and_image_dependent(demo_run):
+    tmp_path, run = demo_run
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test/BLEU-4"] >= 0.80, metrics
 
@@ -83,3 +92,49 @@ def test_demo_captions_are_correct_and_image_dependent(tmp_path):
     assert len(shares) > 50
     # An image-blind attention gives 0.5; the demo model measured 0.70 on 104 such words.
     assert sum(shares) / len(shares) > 0.6, sum(shares) / len(shares)
+
+
+def epoch_means(run: Path, key: str) -> list[float]:
+    """The per-epoch values of ``key`` from the run's CSV log, in epoch order."""
+    with open(run / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get(key)]
+    return [float(r[key]) for r in sorted(rows, key=lambda r: int(r["epoch"]))]
+
+
+@pytest.mark.slow
+def test_scst_from_the_demo_checkpoint_raises_validation_cider_and_the_reward(demo_run):
+    root, xe_run = demo_run
+    start = json.loads((xe_run / "metrics.json").read_text())
+    cfg = compose_config(
+        root / "scst",
+        "train",
+        [
+            "experiment=demo_scst",
+            f"init_from={xe_run / 'checkpoints' / 'best.ckpt'}",
+            f"data.root={root / 'data' / 'shapes'}",
+            "callbacks.progress_bar=null",
+        ],
+    )
+    tasks.train(cfg)
+    run = Path(cfg.paths.output_dir)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["init_from"] == str(xe_run / "checkpoints" / "best.ckpt")
+    # best.ckpt of the demo is the epoch whose validation scores metrics.json holds
+    assert metrics["val/CIDEr"] > start["val/CIDEr"] + 0.1, (start["val/CIDEr"], metrics)
+    assert metrics["test/CIDEr"] > start["test/CIDEr"], (start["test/CIDEr"], metrics)
+    rewards = epoch_means(run, "train/reward_epoch")
+    assert len(rewards) == cfg.trainer.max_epochs and rewards[-1] > rewards[0], rewards
+    samples = json.loads((run / "samples" / "train_epoch_000.json").read_text())
+    assert samples and {"sample", "reward", "references"} <= set(samples[0])
+
+
+@pytest.mark.slow
+def test_transformer_decoder_meets_the_demo_bar(tmp_path):
+    cfg = compose_train(
+        tmp_path, ["experiment=demo", "model/decoder=transformer", "callbacks.progress_bar=null"]
+    )
+    tasks.train(cfg)
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert metrics["test/BLEU-4"] >= 0.80, metrics
+    model, _ = load_captioner(metrics["best_checkpoint"])
+    assert type(model.decoder).__name__ == "TransformerDecoder"

@@ -261,3 +261,22 @@ def test_a_checkpoint_of_an_unknown_format_names_the_version(tmp_path):
         CheckpointError, match="checkpoint format 7, this imgcap reads formats 1 to 2"
     ):
         read_checkpoint(path)
+
+
+def test_settings_a_decoder_cannot_honour_are_refused_when_the_model_is_built():
+    transformer = {
+        "name": "transformer",
+        "d_model": 8,
+        "num_layers": 1,
+        "num_heads": 2,
+        "ff_dim": 8,
+    }
+    with pytest.raises(ConfigError, match="does not do scheduled sampling"):
+        _toy_module(decoder=transformer, teacher_forcing_ratio=0.8)
+    with pytest.raises(ConfigError, match="does not do scheduled sampling"):
+        _toy_module(decoder=transformer, teacher_forcing_schedule={"end": 0.7, "epochs": 3})
+    with pytest.raises(
+        ConfigError, match=r"model.max_len=100 is longer .* model.decoder.max_len=64"
+    ):
+        _toy_module(decoder=transformer, max_len=100)
+    _toy_module(decoder={"name": "lstm_attention", "attention_dim": 8}, teacher_forcing_ratio=0.8)

@@ -220,6 +220,32 @@ def test_multirun_writes_one_run_directory_per_job(tmp_path):
 
 
 @pytest.mark.slow
+def test_one_command_sweeps_both_decoders(tmp_path):
+    sweep = tmp_path / "decoders"
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "-m",
+        "experiment=demo",
+        "model/decoder=lstm_attention,transformer",
+        "trainer.max_epochs=1",
+        "data.synthetic.num_images=300",
+        "print_config=false",
+        f"paths.root_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    decoders = []
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()):
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["test/BLEU-4"] >= 0.0
+        checkpoint = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
+        decoders.append(checkpoint["hyper_parameters"]["decoder"]["name"])
+    assert decoders == ["lstm_attention", "transformer"]
+
+
+@pytest.mark.slow
 def test_train_script_prints_one_line_for_a_missing_dataset(tmp_path):
     cmd = [
         sys.executable,

@@ -29,8 +29,17 @@ and a state object with
     expand each image into k beams and to reorder them; sampling uses it to draw n captions per
     image.
 
-Optional: ``enable_cuda_graphs() -> None``, called once on a CUDA device when
-``model.cuda_graphs`` allows it (the LSTM replays its unroll as graphs).
+Optional:
+
+``enable_cuda_graphs() -> None``
+    called once on a CUDA device when ``model.cuda_graphs`` allows it (the LSTM replays its
+    unroll as graphs).
+``supports_scheduled_sampling = True``
+    the decoder honours ``teacher_forcing_ratio < 1``; without it such settings are refused
+    when the model is built.
+``max_len: int``
+    the most positions the decoder can handle; ``model.max_len`` above it is refused when the
+    model is built.
 
 A decoder registers itself under a name (:func:`imgcap.models.registry.register_decoder`) and is
 then picked by ``model/decoder=<name>``; its constructor takes ``vocab_size``, ``encoder_dim``

@@ -90,6 +90,9 @@ class AttentionLSTMDecoder(nn.Module):
     ``f_beta``, ``lstm``, ``drop``, ``out`` and, with deep output, ``deep_h``, ``deep_z``.
     """
 
+    # teacher_forcing_ratio < 1 feeds the decoder's own predictions (see forward_shrinking)
+    supports_scheduled_sampling = True
+
     def __init__(
         self,
         vocab_size: int,

@@ -47,6 +47,8 @@ class ObjectiveContext:
 class Objective:
     """Base class: subclasses implement ``__call__``; ``setup`` is optional."""
 
+    #: Names of returned values the module also logs as epoch means (``train/<name>_epoch``).
+    epoch_means: tuple[str, ...] = ()
     #: Example captions of the latest step (``[{image_id, caption, ...}]``) for loggers, if any.
     samples: list[dict[str, Any]] | None = None
 

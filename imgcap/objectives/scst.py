@@ -34,6 +34,10 @@ BASELINES = ("mean", "greedy")
 class SelfCritical(Objective):
     """Policy gradient on sampled captions, rewarded by CIDEr-D.
 
+    Returns ``loss``, ``reward`` (mean CIDEr-D of the samples), ``baseline``, ``advantage``
+    (their mean difference: 0 with the mean baseline) and ``sample_length``; the reward is also
+    logged as an epoch mean (``train/reward_epoch``).
+
     Args:
         samples: captions drawn per image (>= 2 with the mean baseline).
         baseline: ``mean`` (of the image's other samples) or ``greedy`` (its greedy caption).
@@ -50,6 +54,7 @@ class SelfCritical(Objective):
         max_len: int | None = None,
         num_logged: int = 4,
     ) -> None:
+        self.epoch_means = ("reward",)
         if baseline not in BASELINES:
             raise ConfigError(
                 f"model.objective.baseline must be one of {BASELINES}, got {baseline!r}"
