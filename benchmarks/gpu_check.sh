@@ -22,7 +22,7 @@ demo() {  # name, then train.py overrides
   local name=$1
   shift
   local start=$SECONDS
-  timeout 85 $PY train.py trainer=gpu print_config=false data.quiet=true \
+  timeout 85 $PY train.py trainer=gpu print_config=false data.quiet=true callbacks.progress_bar=null \
     paths.output_dir="$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
   echo "$name: rc=$? wall_s=$((SECONDS - start))" | tee -a "$OUT/walltimes.txt"
 }
