@@ -151,6 +151,7 @@ def test_trains_through_the_module_and_round_trips_a_checkpoint(tmp_path):
         encoder={"arch": "small_cnn", "weights": None, "fine_tune": "all", "width": 16, "lr": 3e-3},
         decoder={"name": "transformer", **SIZES, "dropout": 0.0, "max_len": 12},
         encoded_size=2,
+        max_len=12,  # decoding may not go past the decoder's 12 positions
         meteor=False,
         optimizer=lambda params: torch.optim.Adam(params, lr=3e-3),
     )
@@ -200,6 +201,16 @@ def test_trains_through_the_module_and_round_trips_a_checkpoint(tmp_path):
         again.caption_features(features, beam_size=3)[0]
         == model.caption_features(features, beam_size=3)[0]
     )
+
+    # caption.py attention=true: maps from the last layer's cross-attention, one per word
+    from PIL import Image
+
+    from imgcap.captioner import Captioner
+
+    captioner = Captioner(again, image_size=32)
+    (result,) = captioner([Image.new("RGB", (40, 32), "red")], attention=True)
+    assert result.attention.shape == (len(result.words), 2, 2)
+    assert torch.allclose(result.attention.sum((1, 2)), torch.ones(len(result.words)), atol=1e-5)
 
 
 @pytest.mark.parametrize(
