@@ -194,8 +194,8 @@ def log_run_summary(loggers: list[Logger], summary: dict[str, Any], files: list[
                 run.save(str(copy), base_path=str(run.dir), policy="now")
 
 
-def finish_wandb(loggers: list) -> None:
-    """Close the W&B run so that the next job of a sweep starts a run of its own."""
+def finish_loggers(loggers: list) -> None:
+    """Close what the loggers hold open (the W&B run), so the next job of a sweep starts its own."""
     from lightning.pytorch.loggers import WandbLogger
 
     if any(isinstance(lg, WandbLogger) for lg in loggers):

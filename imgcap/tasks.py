@@ -37,7 +37,7 @@ from imgcap.errors import ConfigError, ImgcapError, Interrupted
 from imgcap.hardware import register_resolvers, use_tensor_cores_for_float32
 from imgcap.loggers import (
     build_loggers,
-    finish_wandb,
+    finish_loggers,
     human_count,
     log_run_summary,
     parameter_counts,
@@ -229,7 +229,7 @@ def train(cfg: DictConfig) -> float | None:
             summary.update(best_checkpoint=metrics["best_checkpoint"], model_params=params)
             log_run_summary(loggers, summary, [output_dir / "metrics.json"])
     finally:
-        finish_wandb(loggers)
+        finish_loggers(loggers)
 
     test_scores = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("test/")}
     if test_scores and trainer.is_global_zero:
