@@ -25,7 +25,7 @@ from imgcap.metrics import (
 )
 from imgcap.metrics import common as metrics_common
 from imgcap.metrics import meteor as metrics_meteor
-from imgcap.metrics import tokenize as metrics_tokenize
+from imgcap.metrics import ptb as metrics_tokenize
 
 needs_java = pytest.mark.skipif(not java_available(), reason="Java is not installed")
 

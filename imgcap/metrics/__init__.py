@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from imgcap.metrics.cider_d import CiderD
 from imgcap.metrics.common import MetricsWarning
-from imgcap.metrics.scorers import METRIC_KEYS, compute_caption_metrics, scoring_info
-from imgcap.metrics.tokenize import (
+from imgcap.metrics.ptb import (
     TOKENIZER_JAVA,
     TOKENIZER_PYTHON,
     java_available,
     ptb_tokenize,
     python_ptb_tokenize,
 )
+from imgcap.metrics.scorers import METRIC_KEYS, compute_caption_metrics, scoring_info
 from imgcap.metrics.torchmetric import CaptionMetric
 
 __all__ = [

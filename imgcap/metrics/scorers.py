@@ -11,7 +11,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 
 from imgcap.metrics.common import warn_once
 from imgcap.metrics.meteor import meteor_score
-from imgcap.metrics.tokenize import java_available, last_tokenizer, ptb_tokenize
+from imgcap.metrics.ptb import java_available, last_tokenizer, ptb_tokenize
 
 __all__ = ["METRIC_KEYS", "compute_caption_metrics", "scoring_info"]
 
