@@ -280,3 +280,17 @@ def test_settings_a_decoder_cannot_honour_are_refused_when_the_model_is_built():
     ):
         _toy_module(decoder=transformer, max_len=100)
     _toy_module(decoder={"name": "lstm_attention", "attention_dim": 8}, teacher_forcing_ratio=0.8)
+
+
+def test_a_setting_named_by_its_old_place_gets_the_new_one():
+    from imgcap.cli import moved_setting
+
+    assert moved_setting(["experiment=demo", "model.decoder.attention_dim=64"]) is None
+    line = moved_setting(["experiment=demo", "model.attention_dim=64"])
+    assert line == (
+        "error: model.attention_dim is now model.decoder.attention_dim (decoder settings live "
+        "under model.decoder, the loss's under model.objective): use "
+        "model.decoder.attention_dim=64"
+    )
+    assert "model.objective.alpha_c=0.5" in moved_setting(["model.alpha_c=0.5"])
+    assert "model.decoder.unroll=fixed" in moved_setting(["+model.decoder_unroll=fixed"])
