@@ -85,7 +85,7 @@ def test_auto_unroll_is_shrinking_on_cpu_and_fixed_on_cuda():
     assert dec.unroll_mode(torch.device("cuda")) == "fixed"
     dec.unroll = "fixed"
     assert dec.unroll_mode(torch.device("cpu")) == "fixed"
-    with pytest.raises(ConfigError, match="model.decoder_unroll"):
+    with pytest.raises(ConfigError, match=r"model\.decoder\.unroll"):
         AttentionLSTMDecoder(V, C, unroll="graph")
 
 

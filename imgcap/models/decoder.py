@@ -116,7 +116,7 @@ class AttentionLSTMDecoder(nn.Module):
         # False recomputes W_e e at every step: slower, same results; kept for the benchmark
         self.precompute_projection = precompute_projection
         if unroll not in UNROLL_MODES:
-            raise ConfigError(f"model.decoder_unroll must be one of {UNROLL_MODES}, got {unroll!r}")
+            raise ConfigError(f"model.decoder.unroll must be one of {UNROLL_MODES}, got {unroll!r}")
         self.unroll = unroll
         # Optional replacement for ``forward_fixed`` (e.g. a CUDA-graph replayer), same signature.
         self.fixed_runner = None
