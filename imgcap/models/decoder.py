@@ -1,6 +1,6 @@
 """LSTM caption decoder with soft attention (Show, Attend and Tell).
 
-Token conventions (see ``imgcap.data.vocab``): ``<pad>=0 <start>=1 <end>=2 <unk>=3``; a caption
+Token conventions (see ``imgcap.tokens``): ``<pad>=0 <start>=1 <end>=2 <unk>=3``; a caption
 tensor reads ``[<start>, w1, ..., wn, <end>, <pad>, ...]``.
 
 One decoding step, from previous word y_{t-1} and state (h, c):
