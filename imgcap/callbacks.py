@@ -273,7 +273,7 @@ class CaptionSampleLogger(L.Callback):
     the cached features during validation.
 
     An objective that samples captions in training (SCST) keeps a few of the last step's in
-    ``objective.samples``: they go to ``samples/train_epoch_XXX.json`` and a W&B
+    ``objective.logged_samples``: they go to ``samples/train_epoch_XXX.json`` and a W&B
     ``train/samples`` table at the end of each training epoch.
     """
 
@@ -283,7 +283,7 @@ class CaptionSampleLogger(L.Callback):
         self._samples: list[dict[str, Any]] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        samples = getattr(getattr(pl_module, "objective", None), "samples", None)
+        samples = getattr(getattr(pl_module, "objective", None), "logged_samples", None)
         if not samples or not trainer.is_global_zero:
             return
         out_dir = Path(trainer.default_root_dir) / "samples"

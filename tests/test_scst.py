@@ -85,7 +85,7 @@ def test_baselines_and_logged_values(baseline):
         refs = [[" ".join(normalize_caption(r)) for r in rs] for rs in batch["references"]]
         expected = objective.rewards(greedy.tokens, refs).mean()
         assert torch.isclose(out["baseline"], expected, atol=1e-5)
-    assert len(objective.samples) == 4 and set(objective.samples[0]) == {
+    assert len(objective.logged_samples) == 4 and set(objective.logged_samples[0]) == {
         "image_id",
         "sample",
         "reward",

@@ -50,7 +50,7 @@ class Objective:
     #: Names of returned values the module also logs as epoch means (``train/<name>_epoch``).
     epoch_means: tuple[str, ...] = ()
     #: Example captions of the latest step (``[{image_id, caption, ...}]``) for loggers, if any.
-    samples: list[dict[str, Any]] | None = None
+    logged_samples: list[dict[str, Any]] | None = None
 
     def setup(self, context: ObjectiveContext) -> None:
         """Called once before training starts (after the vocabulary exists)."""

@@ -64,7 +64,7 @@ class SelfCritical(Objective):
                 f"model.objective.samples={samples}: the mean baseline needs at least 2 samples "
                 "per image (the others' mean); use more samples or baseline=greedy"
             )
-        self.samples = None
+        self.logged_samples = None
         self.n = int(samples)
         self.baseline = baseline
         self.temperature = float(temperature)
@@ -152,7 +152,7 @@ class SelfCritical(Objective):
         count = min(self.num_logged, reward.shape[0])
         ids = batch.get("image_ids") or [str(i) for i in range(reward.shape[0])]
         rows = tokens[:: self.n][:count].tolist()
-        self.samples = [
+        self.logged_samples = [
             {
                 "image_id": ids[i],
                 "sample": self.words(rows[i]),
