@@ -154,12 +154,6 @@ def load_captioner(path: str | Path, map_location: str | torch.device = "cpu"):
     return model, checkpoint[CHECKPOINT_KEY]["config"]
 
 
-def read_initial_weights(path: str | Path) -> dict[str, Any]:
-    """The checkpoint ``init_from=`` starts a run from (weights and vocabulary only; not the
-    trainer state, the optimizer or the epoch). Read safely; one-line CheckpointError."""
-    return read_checkpoint(path, "cpu")
-
-
 def load_initial_weights(
     model: torch.nn.Module, checkpoint: dict[str, Any], path: str | Path
 ) -> None:

@@ -29,9 +29,6 @@ class Registry:
         self.config_key = config_key
         self.classes: dict[str, type] = {}
 
-    def __contains__(self, name: str) -> bool:
-        return name in self.classes
-
     def names(self) -> list[str]:
         return sorted(self.classes)
 

@@ -29,7 +29,7 @@ from imgcap.callbacks import (
     RunConfigInCheckpoint,
     ValidateAfterLastEpoch,
 )
-from imgcap.checkpoint import load_initial_weights, read_initial_weights
+from imgcap.checkpoint import load_initial_weights, read_checkpoint
 from imgcap.cli import is_rank_zero
 from imgcap.config_checks import check_train_config
 from imgcap.data.vocab import Vocabulary
@@ -98,11 +98,12 @@ def build_data_and_model(cfg: DictConfig):
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     datamodule = instantiate(cfg.data)
-    # init_from= starts from a trained model's weights (e.g. SCST after cross-entropy): its
-    # vocabulary must define the word ids, whatever this data would build.
+    # init_from= starts from a trained model's weights and vocabulary (e.g. SCST after
+    # cross-entropy), not its optimizer or epoch: its vocabulary must define the word ids,
+    # whatever this data would build.
     initial = None
     if cfg.get("init_from") and not cfg.get("ckpt_path"):
-        initial = read_initial_weights(cfg.init_from)
+        initial = read_checkpoint(cfg.init_from)
         datamodule.vocab = Vocabulary.from_dict({"itos": initial["hyper_parameters"]["vocab"]})
     if rank_zero_only.rank == 0:
         datamodule.prepare_data()

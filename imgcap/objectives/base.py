@@ -14,7 +14,7 @@ The training batch (see :mod:`imgcap.data.datasets`): ``captions`` (B, T) long, 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,7 +41,6 @@ class ObjectiveContext:
     normalize: Callable[[str], list[str]]
     train_references: Sequence[Sequence[str]] | None = None
     max_len: int = 20
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Objective:

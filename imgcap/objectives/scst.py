@@ -73,6 +73,8 @@ class SelfCritical(Objective):
         self.cider = None
         self._words: Sequence[str] = ()
         self._normalize = str.split
+        # raw reference captions of an image -> as the reward compares them (built in setup)
+        self._tokenized: dict[tuple[str, ...], list[str]] = {}
 
     def setup(self, context: ObjectiveContext) -> None:
         from imgcap.metrics.cider_d import CiderD  # numpy only; imported when SCST is used
@@ -85,10 +87,16 @@ class SelfCritical(Objective):
         self._words = list(context.words)
         self._normalize = context.normalize
         self.max_len = int(self.max_len or context.max_len)
+        self._tokenized = {}
         self.cider = CiderD([self._tokenize(refs) for refs in context.train_references])
 
     def _tokenize(self, captions: Sequence[str]) -> list[str]:
-        return [" ".join(self._normalize(c)) for c in captions]
+        """An image's references, normalised as the vocabulary sees them; each image's are
+        normalised once (training batches repeat the same references every epoch)."""
+        key = tuple(captions)
+        if key not in self._tokenized:
+            self._tokenized[key] = [" ".join(self._normalize(c)) for c in captions]
+        return self._tokenized[key]
 
     def words(self, tokens: Sequence[int]) -> str:
         """Token ids -> the caption as words, up to <end> (no specials)."""
