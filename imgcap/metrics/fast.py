@@ -29,6 +29,7 @@ import numpy as np
 
 from imgcap.metrics.cider_d import CiderD, _ngrams
 from imgcap.metrics.ptb import (
+    _CHUNK_MEMO,
     TOKENIZER_JAVA,
     TOKENIZER_PYTHON,
     _java_ptb_tokenize,
@@ -38,7 +39,7 @@ from imgcap.metrics.ptb import (
     python_ptb_tokenize,
 )
 
-__all__ = ["fast_caption_scores", "tokenize_for_fast_scoring"]
+__all__ = ["clear_caches", "fast_caption_scores", "tokenize_for_fast_scoring"]
 
 _BLEU_N = 4
 _ROUGE_BETA = 1.2
@@ -56,6 +57,16 @@ _MAX_CACHED_BLEU_REFS = 200_000
 # full split's), by tuple of tokenised reference lists.
 _REFERENCE_SETS: dict[tuple[tuple[str, ...], ...], _ReferenceSet] = {}
 _MAX_CACHED_REFERENCE_SETS = 2
+
+
+def clear_caches() -> None:
+    """Forget every reference token, prepared reference set and memoised word: the state of a
+    new process (benchmarks time the first call of a fit with it)."""
+    for table in _REFERENCE_TOKENS.values():
+        table.clear()
+    _BLEU_REFS.clear()
+    _REFERENCE_SETS.clear()
+    _CHUNK_MEMO.clear()
 
 
 def tokenize_for_fast_scoring(
