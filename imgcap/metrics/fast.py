@@ -9,8 +9,8 @@ epoch. This back end of :func:`imgcap.metrics.compute_caption_metrics` reproduce
   caption text, so only the first validation starts a JVM. Hypotheses, new every epoch, go
   through the Python imitation of the tokenizer, which gives the Java tokens on the vocabulary
   words a model emits (tests compare both on real and generated captions); the one pattern it is
-  known to miss there (two adjacent multi-digit numbers, which Java joins into one token) is
-  sent to Java when it is present.
+  known to miss there (adjacent multi-digit numbers, some of which Java joins into one token)
+  is sent to Java when it is present.
 - **Scoring.** BLEU keeps each image's reference n-gram maxima across calls; ROUGE-L runs the
   longest-common-subsequence recurrence for all (hypothesis, reference) pairs at once with numpy;
   CIDEr-D is :class:`~imgcap.metrics.cider_d.CiderD` with the document frequencies of the
@@ -43,8 +43,9 @@ __all__ = ["clear_caches", "fast_caption_scores", "tokenize_for_fast_scoring"]
 
 _BLEU_N = 4
 _ROUGE_BETA = 1.2
-# Java's lexer joins adjacent numbers of two or more digits ("12 1234" -> one token); the
-# Python imitation does not.
+# Java's lexer joins some runs of numbers into one token with no-break spaces ("12 123456",
+# "12 123 123", phone-number shapes); the Python imitation does not. This matches a superset:
+# hypotheses with two adjacent numbers of two or more digits.
 _ADJACENT_NUMBERS = re.compile(r"(?<!\S)\d{2,}\s+\d{2,}(?!\S)")
 
 # Reference tokens by caption text, one table per tokenizer (a test may hide Java mid-process).
