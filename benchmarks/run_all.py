@@ -9,6 +9,12 @@ CPU (always):
   beam_batched_vs_per_image beam search k=3 over a batch vs one image at a time
   beam_outputs_identical    both give the same captions
   cache_vs_no_cache         one epoch of data + frozen encoder without / with the feature cache
+CPU scoring (always, also with --gpu-only; needs pycocoevalcap, else reported as skipped):
+  val_scoring_seconds_1000      seconds to score 1000 images x 5 references per validation epoch
+                                with the fast back end (benchmarks/scoring.py; real captions when
+                                IMGCAP_FLICKR8K_SAMPLE is set)
+  val_scoring_vs_pycocoevalcap  compute_caption_metrics(meteor=False) time / that (target >= 5);
+                                val_scoring has the first call of a process and the check to 1e-6
 GPU (when CUDA is available; names start with gpu_):
   gpu_train_step_vs_reference_b32/_b128  as above on the GPU, bf16 autocast (target >= 4)
   gpu_cache_vs_resnet_forward            feature-cache build rate / bare ResNet-50 forward rate,
@@ -18,8 +24,8 @@ GPU (when CUDA is available; names start with gpu_):
   gpu_full_run_minutes_estimate          cache + 30 epochs + beam-3 validation each epoch + test
                                          on a Flickr8k-sized set, extrapolated (target <= 10)
 
-Needs only torch, torchvision, numpy and lightning (no Hydra, W&B or pycocoevalcap), so it runs
-on a bare GPU machine with the repository on PYTHONPATH. --smoke shrinks every size to check the
+Needs only torch, torchvision, numpy and lightning (no Hydra or W&B; pycocoevalcap for the
+scoring section alone), so it runs on a bare GPU machine with the repository on PYTHONPATH. --smoke shrinks every size to check the
 script itself in seconds; --gpu-sections-on-cpu runs the GPU sections on the CPU (smoke only).
 """
 
@@ -358,6 +364,16 @@ def gpu_full_run(
     }
 
 
+# ---------------------------------------------------------------------------------- scoring
+def val_scoring(smoke: bool) -> dict | None:
+    """benchmarks/scoring.py's measurement, or None where pycocoevalcap is missing."""
+    try:
+        from benchmarks.scoring import measure
+    except ImportError:
+        return None
+    return measure(images=50 if smoke else 1000, reps=1 if smoke else 3)
+
+
 # ---------------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -410,6 +426,28 @@ def main() -> None:
             round(r["ratio"], 1),
             f"{r['ratio']:.1f}x  (epoch {r['without_s']:.2f}s -> {r['with_s']:.3f}s, build {r['build_s']:.2f}s)",
         )
+
+    scoring = val_scoring(smoke)
+    if scoring is None:
+        report("val_scoring_seconds_1000", None, "skipped: pycocoevalcap is not installed")
+        report("val_scoring_vs_pycocoevalcap", None, "skipped: pycocoevalcap is not installed")
+    else:
+        sec = scoring["seconds"]
+        report(
+            "val_scoring_seconds_1000",
+            sec["fast_per_epoch"],
+            f"{sec['fast_per_epoch']:.3f} s per epoch  ({scoring['images']} images x 5 refs, "
+            f"{scoring['captions']}; first call of a process {sec['fast_first_call']:.3f} s; "
+            f"Java {scoring['java']})",
+        )
+        report(
+            "val_scoring_vs_pycocoevalcap",
+            scoring["per_epoch_vs_pycocoevalcap"],
+            f"{scoring['per_epoch_vs_pycocoevalcap']:.1f}x  (pycocoevalcap {sec['pycocoevalcap']:.3f}"
+            f" s; first call {scoring['first_call_vs_pycocoevalcap']:.1f}x; max |difference| "
+            f"{scoring['max_abs_difference']:.2g})",
+        )
+        out["val_scoring"] = scoring
 
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
     if gpu is None and args.gpu_sections_on_cpu:
