@@ -52,6 +52,9 @@ PHASES = (
 TIMINGS_FILE = "timings.json"
 
 _active: weakref.ReferenceType[PhaseTimer] | None = None
+# When the last timer of this process finished (perf_counter): a second run in the same process
+# (a sweep's next trial) starts its clock there, not at the process start.
+_last_finish: float | None = None
 
 
 def process_start_time() -> float:
@@ -106,6 +109,8 @@ class PhaseTimer(L.Callback):
         now_wall, now = time.time(), time.perf_counter()
         # perf_counter is monotonic; the process start is placed on its scale once.
         self._origin = now - max(0.0, now_wall - process_start_time())
+        if _last_finish is not None:
+            self._origin = max(self._origin, _last_finish)
         self.totals: dict[str, float] = dict.fromkeys(PHASES, 0.0)
         self.phase = "start-up"
         self._since = self._origin
@@ -154,9 +159,14 @@ class PhaseTimer(L.Callback):
         self._write(totals)
 
     def finish(self) -> dict[str, Any]:
-        """Close the running phase, log and write the final breakdown, and return it."""
+        """Close the running phase, log and write the final breakdown, and return it. The
+        timer stops counting work marked with :func:`timed_phase`."""
+        global _active, _last_finish
         self.switch("other")
         totals = self.breakdown()
+        _last_finish = time.perf_counter()
+        if _active is not None and _active() is self:
+            _active = None
         if self._rank_zero:
             parts = ", ".join(f"{k} {v:.1f} s" for k, v in totals["seconds"].items())
             log.info("time: total %.1f s: %s", totals["total_seconds"], parts)

@@ -32,6 +32,7 @@ def test_phases_add_up_and_nested_work_is_carved_out(monkeypatch) -> None:
     clock = FakeClock()
     monkeypatch.setattr(phase_timing, "time", clock)
     monkeypatch.setattr(phase_timing, "process_start_time", lambda: 1e9 + 90.0)  # 10 s ago
+    monkeypatch.setattr(phase_timing, "_last_finish", None)
     timer = PhaseTimer()
     clock.now += 5
     with timed_phase("cache build", "train"):
@@ -55,6 +56,16 @@ def test_phases_add_up_and_nested_work_is_carved_out(monkeypatch) -> None:
         "validation scoring": 0.5,
     }
     assert done["total_seconds"] == pytest.approx(sum(done["seconds"].values()))
+
+    # Finished: later work (an evaluation in the same process) is no longer counted by it.
+    with timed_phase("cache build"):
+        clock.now += 4
+    assert timer.breakdown()["seconds"]["cache build"] == 7.0
+    # The next run in this process (a sweep's next trial) starts where this one finished.
+    clock.now += 3
+    second = PhaseTimer()
+    clock.now += 1
+    assert second.finish()["seconds"]["start-up"] == 8.0
 
 
 def test_timed_phase_without_a_timer_does_nothing(monkeypatch) -> None:
