@@ -99,8 +99,10 @@ class PhaseTimer(L.Callback):
     """Times the phases of ``train``; see the module docstring.
 
     Args:
-        log_epochs: also log a line after every training epoch and validation (otherwise only
-            at the end of start-up, cache builds, fit and test).
+        log_epochs: also log a line as each stretch of training ends (when a validation
+            starts: one line per validation, however many epochs it follows) and as each
+            validation ends; otherwise only at the end of start-up, cache builds, fit and test.
+            ``timings.json`` is rewritten after every epoch either way.
     """
 
     def __init__(self, log_epochs: bool = True) -> None:
@@ -117,7 +119,8 @@ class PhaseTimer(L.Callback):
         self._resume_phase = "training"
         self._validation_marks: dict[str, float] = {}
         self._epochs = 0
-        self._epoch_training_before = 0.0
+        self._reported_training = 0.0  # the training seconds already in a line
+        self._first_unreported_epoch = 0
         self._validations = 0
         self._cuda = False
         self._write_dir: Path | None = None
@@ -196,8 +199,10 @@ class PhaseTimer(L.Callback):
         self.switch("training")
         self.report("start-up", self.totals["start-up"])
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._first_unreported_epoch = trainer.current_epoch  # a resumed run's first epoch
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_training_before = self.breakdown()["seconds"]["training"]
         self.switch("training")
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
@@ -208,13 +213,25 @@ class PhaseTimer(L.Callback):
         self._epochs += 1
         if self.phase == "checkpointing":
             self.switch("training")
-        if self.log_epochs:
-            spent = self.breakdown()["seconds"]["training"] - self._epoch_training_before
-            self.report(f"training epoch {trainer.current_epoch}", spent)
+        if self._rank_zero:  # no line (the next validation's says it), but a fresh file
+            self._write(self.breakdown())
+
+    def _report_training(self, last: int) -> None:
+        """One line for the training since the last one (epochs ``first..last``)."""
+        spent = self.totals["training"] - self._reported_training
+        first = self._first_unreported_epoch
+        if spent <= 0 or last < first:
+            return
+        self._reported_training = self.totals["training"]
+        self._first_unreported_epoch = last + 1
+        epochs = f"epoch {last}" if first == last else f"epochs {first}-{last}"
+        self.report(f"training {epochs}", spent)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._resume_phase = self.switch("validation decoding")
         self._validation_marks = {"start": time.perf_counter()}
+        if self.log_epochs and not trainer.sanity_checking:  # a stretch of training ended
+            self._report_training(trainer.current_epoch)
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         # Decoding ends with the last batch; what the callbacks listed before this one do at
@@ -246,6 +263,8 @@ class PhaseTimer(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.switch("other")
+        if self.log_epochs:  # epochs after the last validation (the counter is past the last)
+            self._report_training(trainer.current_epoch - 1)
         self.report(f"fit ({self._epochs} epochs): training", self.totals["training"])
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -112,10 +112,10 @@ def test_a_tiny_cached_run_reports_every_phase_as_it_ends(tmp_path: Path, caplog
         "time: cache build (val)",
         "time: start-up",
         "time: sanity check decoding",
-        "time: validation 1 decoding",  # inside epoch 0, which ends after it
-        "time: training epoch 0",
-        "time: validation 2 decoding",
+        "time: training epoch 0",  # as its validation starts
+        "time: validation 1 decoding",
         "time: training epoch 1",
+        "time: validation 2 decoding",
         "time: fit (2 epochs): training",
         "time: cache build (test)",
         "time: test",
