@@ -23,6 +23,10 @@ GPU (when CUDA is available; names start with gpu_):
                                          forward + backward alone (target <= 1.5)
   gpu_full_run_minutes_estimate          cache + 30 epochs + beam-3 validation each epoch + test
                                          on a Flickr8k-sized set, extrapolated (target <= 10)
+Whole trial (measured by benchmarks/gpu_trial.sh, read with --gpu-trial-json PATH; else null):
+  gpu_trial_minutes                      experiment=flickr8k, 30 epochs, on a generated
+                                         Flickr8k-sized set: command to metrics.json (<= 10)
+  gpu_trial_breakdown                    seconds per phase of that run (imgcap/phase_timing.py)
 
 Needs only torch, torchvision, numpy and lightning (no Hydra or W&B; pycocoevalcap for the
 scoring section alone), so it runs on a bare GPU machine with the repository on PYTHONPATH. --smoke shrinks every size to check the
@@ -375,6 +379,40 @@ def val_scoring(smoke: bool) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------- main
+def gpu_trial(path: str | None) -> dict[str, object]:
+    """The whole-trial figures from ``benchmarks/gpu_trial.sh``'s JSON, or nulls with a note:
+    a trial takes minutes on a GPU, so it is a script of its own and not rerun here."""
+    if not path:
+        return {
+            "gpu_trial_minutes": None,
+            "gpu_trial_breakdown": None,
+            "note": "unmeasured: run benchmarks/gpu_trial.sh on a GPU, then --gpu-trial-json",
+            "text": "unmeasured (no --gpu-trial-json)",
+        }
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"error: --gpu-trial-json {path}: cannot read it ({e})") from None
+    minutes = data.get("gpu_trial_minutes")
+    where = f"{data.get('device')}, {data.get('images')} images, {data.get('epochs')} epochs"
+    notes = []
+    if minutes is None:
+        state = "was cut off" if data.get("cut_off") else "did not finish"
+        notes.append(f"the trial {state} (the breakdown is as far as it got)")
+        text = f"null: the trial {state} ({where})"
+    else:
+        text = f"{minutes:.2f} min  ({where}; from {path})"
+    full = data.get("images") == 8091 and data.get("epochs") == 30
+    if not full or data.get("device") in ("cpu", "unknown", None):
+        notes.append(f"not the full GPU trial: {where}")
+    return {
+        "gpu_trial_minutes": minutes,
+        "gpu_trial_breakdown": data.get("gpu_trial_breakdown"),
+        "note": "; ".join(notes) or None,
+        "text": text,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
@@ -391,7 +429,14 @@ def main() -> None:
         help="pycocoevalcap scoring of 1000 captions with METEOR (not importable on a bare GPU "
         "machine, so an assumed figure: override it with a time measured on your machine)",
     )
+    parser.add_argument(
+        "--gpu-trial-json",
+        default=None,
+        help="gpu_trial.json written by benchmarks/gpu_trial.sh: its gpu_trial_minutes and "
+        "gpu_trial_breakdown are carried into this JSON (null without it: unmeasured)",
+    )
     args = parser.parse_args()
+    trial = gpu_trial(args.gpu_trial_json)  # a bad path fails now, not after the benchmarks
     smoke = args.smoke
     size = SMOKE if smoke else FULL
     cpu = torch.device("cpu")
@@ -510,6 +555,10 @@ def main() -> None:
             f" {RUN['batch']}; cache {data['cache_img_s']:.0f} img/s incl. JPEG decode, cached"
             f" loader {data['loader_captions_s']:.0f} captions/s)",
         )
+    report("gpu_trial_minutes", trial["gpu_trial_minutes"], trial["text"])
+    out["gpu_trial_breakdown"] = trial["gpu_trial_breakdown"]
+    if trial.get("note"):
+        out["gpu_trial_note"] = trial["note"]
     out["seconds"] = round(time.perf_counter() - t_start, 1)
     if args.json:
         print(json.dumps(out, default=str))

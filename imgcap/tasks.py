@@ -43,6 +43,7 @@ from imgcap.loggers import (
     parameter_counts,
 )
 from imgcap.metrics import compute_caption_metrics, scoring_info
+from imgcap.phase_timing import find_phase_timer
 from imgcap.resume import job_overrides, resume_config, signal_stop
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,9 @@ def train(cfg: DictConfig) -> float | None:
                 "model_params": params,
             }
         )
+        timer = find_phase_timer(trainer)
+        if timer is not None:  # the breakdown up to here (also in timings.json)
+            metrics["timings"] = timer.finish()
         if trainer.is_global_zero:
             write_json(output_dir / "metrics.json", metrics)
             summary = {k: v for k, v in metrics.items() if k.startswith("test/")}
