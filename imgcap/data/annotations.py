@@ -77,7 +77,9 @@ class Annotations:
     file name in a flat folder (``"123_abc.jpg"``), ``folder/name`` in a nested tree
     (``"val2014/COCO_val2014_000000000042.jpg"``); :meth:`image_path` is the file. ``splits``
     maps ``train/val/test`` to image ids, each present in ``captions`` and under ``image_dir``.
-    ``layout`` is the name of the reader that read ``caption_file``.
+    ``layout`` is the name of the reader that read ``caption_file``. ``dataset_ids``: the
+    dataset's own integer id of each image where the annotation file records one (COCO's
+    ``cocoid``), for COCO-format files (see :mod:`imgcap.coco`).
     """
 
     image_dir: Path
@@ -89,6 +91,7 @@ class Annotations:
     skipped: list[str] = field(default_factory=list)
     # The Karpathy json or the folder of the official lists the splits come from (None: seeded).
     split_file: Path | None = None
+    dataset_ids: dict[str, int] = field(default_factory=dict)
 
     def image_path(self, image_id: str) -> Path:
         """The file of ``image_id``."""
@@ -318,5 +321,13 @@ def load_annotations(
     if not splits["train"]:
         raise DataError(f"{root}: the training split is empty; check the split lists")
     return Annotations(
-        folder, captions, splits, name, caption_file, source, list(result.skipped), split_file
+        folder,
+        captions,
+        splits,
+        name,
+        caption_file,
+        source,
+        list(result.skipped),
+        split_file,
+        dict(result.dataset_ids or {}),
     )

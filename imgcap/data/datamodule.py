@@ -92,6 +92,8 @@ class CaptionDataModule(L.LightningDataModule):
     they are not where the reader looks (relative paths are under ``root``). ``cache_dir``:
     the vocabulary and feature caches (None: the user's cache folder, see
     :mod:`imgcap.data.cache_location`; never the dataset folder unless given).
+    ``check_splits``: the splits whose images are checked for integrity (None: all; evaluation
+    passes the one it scores).
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class CaptionDataModule(L.LightningDataModule):
         layout: str = "auto",
         annotations_file: str | None = None,
         image_dir: str | None = None,
+        check_splits: list[str] | None = None,
     ):
         super().__init__()
         self.layout = check_layout(layout)  # an unknown name fails here, before any work
@@ -158,6 +161,7 @@ class CaptionDataModule(L.LightningDataModule):
         self.shuffle_seed = int(shuffle_seed)
         self.annotations_file = annotations_file
         self.image_dir = image_dir
+        self.check_splits = list(check_splits) if check_splits is not None else None
         # Where the training order resumes (epoch, items already seen), from a checkpoint.
         self._resume_position: tuple[int, int] | None = None
         self._train_sampler: ResumableSampler | None = None
@@ -287,7 +291,14 @@ class CaptionDataModule(L.LightningDataModule):
         """Integrity check of every image in a split (markers, then a reduced-scale decode)."""
         from tqdm.auto import tqdm
 
-        names = sorted({n for ids in ann.splits.values() for n in ids})
+        names = sorted(
+            {
+                n
+                for split, ids in ann.splits.items()
+                if self.check_splits is None or split in self.check_splits
+                for n in ids
+            }
+        )
         quiet = self.quiet or len(names) < 1000
         bad: dict[str, str] = {}
         for name in tqdm(
