@@ -43,7 +43,7 @@ from imgcap.loggers import (
     parameter_counts,
 )
 from imgcap.metrics import compute_caption_metrics, scoring_info
-from imgcap.resume import job_overrides, resume_config, signal_stop
+from imgcap.resume import job_overrides, killed_worker_signal, resume_config, signal_stop
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -209,6 +209,13 @@ def train(cfg: DictConfig) -> float | None:
                     test_scores = model.latest_scores.get("test", {})
                     metrics.update({f"test/{k}": v for k, v in test_scores.items()})
             except (SystemExit, KeyboardInterrupt) as err:
+                raise interrupted(trainer, stop, output_dir) from err
+            except RuntimeError as err:
+                # A loader worker killed from outside: the checkpoint is saved as for Ctrl-C.
+                signum = stop.signum or killed_worker_signal(err)
+                if signum is None:
+                    raise
+                stop.signum = signum
                 raise interrupted(trainer, stop, output_dir) from err
         metrics["best_checkpoint"] = best_path or None
         metrics["epochs"] = trainer.current_epoch

@@ -285,3 +285,13 @@ def test_evaluate_wants_exactly_one_checkpoint(tmp_path, given):
     cfg = compose_config(tmp_path, "evaluate", given)
     with pytest.raises(ConfigError, match=r"ckpt=.*ckpt_path="):
         tasks.evaluate(cfg)
+
+
+def test_cuda_on_a_machine_without_it_says_so(trained, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    for device in ("cuda", "gpu", "cuda:0"):
+        with pytest.raises(ConfigError, match="CUDA is not available") as err:
+            Captioner.from_checkpoint(ckpt, device=device)
+        assert "truncated" not in str(err.value) and "\n" not in str(err.value)
+    assert Captioner.from_checkpoint(ckpt, device="cpu").device.type == "cpu"
