@@ -23,6 +23,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgcap.data.known_datasets import missing_dataset_message
 from imgcap.data.readers import IMAGE_DIR_NAMES, SPLITS, Reader, get_reader, readers
 from imgcap.data.readers.base import read_text
 from imgcap.data.readers.kaggle_csv import KAGGLE_FILE, read_kaggle_captions
@@ -140,6 +141,8 @@ def _pick_reader(
     """The reader and its annotation file, by name, by the given file, or by detection."""
     if annotations_file is not None:
         path = _under(root, annotations_file)
+        if not path.is_file() and (known := missing_dataset_message(root, path)) is not None:
+            raise DataError(known)  # data=flickr30k / coco_karpathy without their files
         if not path.is_file():
             raise DataError(
                 f"data.annotations_file: {path} does not exist; fix the path (relative paths "
