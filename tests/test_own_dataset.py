@@ -105,3 +105,30 @@ def test_old_cache_in_the_dataset_folder_is_named_once(tmp_path: Path, caplog) -
         dm.setup("fit")
     lines = [r.getMessage() for r in caplog.records if str(old) in r.getMessage()]
     assert len(lines) == 1 and "no longer used" in lines[0] and str(tmp_path / "cache") in lines[0]
+
+
+def test_json_layout_with_the_users_own_split(tmp_path: Path) -> None:
+    """The README's second layout: Karpathy-style json with only filename, split, raw."""
+    import json
+
+    make_own_dataset(tmp_path / "mine")
+    entries = [
+        {
+            "filename": f"p{i}.jpg",
+            "split": "train" if i < 24 else "val" if i < 27 else "test",
+            "sentences": [{"raw": f"a photo number {i % 3} ."}],
+        }
+        for i in range(30)
+    ]
+    (tmp_path / "mine" / "mine.json").write_text(json.dumps({"images": entries}))
+    dm = CaptionDataModule(
+        root=str(tmp_path / "mine"),
+        annotations_file="mine.json",
+        image_dir="photos",
+        min_word_freq=1,
+        quiet=True,
+    )
+    dm.setup("fit")
+    sizes = {s: len(ids) for s, ids in dm.annotations.splits.items()}
+    assert sizes == {"train": 24, "val": 3, "test": 3}
+    assert dm.annotations.dataset_ids == {}  # no cocoid: COCO files fall back to positions
