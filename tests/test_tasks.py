@@ -386,6 +386,8 @@ def test_training_on_cached_features_never_runs_the_encoder_after_the_cache(tmp_
     # test before testing); every training, validation and test step reads cached features.
     assert calls and all(in_build for _, in_build in calls), calls
     assert {stage for stage, _ in calls} == {"train", "test"}, calls
-    assert len(list((tmp_path / "data" / "shapes" / ".imgcap_cache").glob("*.npy"))) == 3
+    # In the project's cache folder (paths.cache_dir), not in the dataset folder.
+    assert len(list((tmp_path / ".cache" / "imgcap").glob("*.npy"))) == 3
+    assert not (tmp_path / "data" / "shapes" / ".imgcap_cache").exists()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "test/BLEU-4" in metrics
