@@ -91,8 +91,12 @@ def timed_phase(name: str, detail: str | None = None) -> Iterator[None]:
     finally:
         timer.switch(previous)
         seconds = time.perf_counter() - start
-        if seconds >= 0.05:  # e.g. opening an existing cache: not worth a line
-            timer.report(f"{name}{f' ({detail})' if detail else ''}", seconds)
+        what = f"{name}{f' ({detail})' if detail else ''}"
+        # The first of each kind always gets a line; a repeat (setup opening the cache that
+        # prepare_data just built) only when it took a noticeable time.
+        if what not in timer.reported or seconds >= 0.05:
+            timer.reported.add(what)
+            timer.report(what, seconds)
 
 
 class PhaseTimer(L.Callback):
@@ -122,6 +126,7 @@ class PhaseTimer(L.Callback):
         self._reported_training = 0.0  # the training seconds already in a line
         self._first_unreported_epoch = 0
         self._validations = 0
+        self.reported: set[str] = set()  # timed_phase pieces already logged
         self._cuda = False
         self._write_dir: Path | None = None
         self._rank_zero = True
