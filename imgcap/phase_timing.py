@@ -35,6 +35,7 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,9 @@ class PhaseTimer(L.Callback):
         self.reported: set[str] = set()  # timed_phase pieces already logged
         self._cuda = False
         self._write_dir: Path | None = None
-        self._rank_zero = True
+        # Until setup says it, from the launcher's environment: under DDP the other ranks
+        # open the cache (a timed phase) before any hook runs.
+        self._rank_zero = rank_zero_only.rank == 0
         _active = weakref.ref(self)  # the latest timer built is the one that counts
 
     # ------------------------------------------------------------------ the clock
