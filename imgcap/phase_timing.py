@@ -9,7 +9,7 @@ rewritten with them each time. ``tasks.train`` also copies the final breakdown i
 The clock is a cursor over the wall time since the process started: at any moment exactly one
 phase is running, and every hook below only says which one runs next, so the phases add up to
 the total. Work that the callback hooks cannot see from outside (the feature cache is built in
-the data module's ``prepare_data``/``setup``) marks itself with :func:`timed_phase`, which is a
+the data module's ``prepare_data``/``setup``) marks itself with :func:`timed_phase` (or the decorator :func:`timed`), a
 no-op when no timer is active (evaluation, tests, library use).
 
 Validation is split where the module scores: the decoding runs from ``on_validation_start`` to
@@ -23,15 +23,16 @@ The checkpoints saved after a validation count as ``checkpointing``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning.pytorch as L
 import torch
@@ -51,6 +52,7 @@ PHASES = (
     "other",
 )
 TIMINGS_FILE = "timings.json"
+T = TypeVar("T")
 
 _active: weakref.ReferenceType[PhaseTimer] | None = None
 # When the last timer of this process finished (perf_counter): a second run in the same process
@@ -98,6 +100,21 @@ def timed_phase(name: str, detail: str | None = None) -> Iterator[None]:
         if what not in timer.reported or seconds >= 0.05:
             timer.reported.add(what)
             timer.report(what, seconds)
+
+
+def timed(name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Method decorator: every call runs under ``timed_phase(name, <its first argument>)``
+    (e.g. the split a feature cache is built for)."""
+
+    def decorate(method: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(method)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
+            with timed_phase(name, str(args[0]) if args else None):
+                return method(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 class PhaseTimer(L.Callback):
