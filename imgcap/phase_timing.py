@@ -9,8 +9,8 @@ rewritten with them each time. ``tasks.train`` also copies the final breakdown i
 The clock is a cursor over the wall time since the process started: at any moment exactly one
 phase is running, and every hook below only says which one runs next, so the phases add up to
 the total. Work that the callback hooks cannot see from outside (the feature cache is built in
-the data module's ``prepare_data``/``setup``) marks itself with :func:`timed_phase` (or the decorator :func:`timed`), a
-no-op when no timer is active (evaluation, tests, library use).
+the data module's ``prepare_data``/``setup``) marks itself with :func:`timed_phase` (or the
+decorator :func:`timed`), a no-op when no timer is active (evaluation, tests, library use).
 
 Validation is split where the module scores: the decoding runs from ``on_validation_start`` to
 the end of the last batch; the callbacks' ``on_validation_epoch_end`` hooks listed before this
