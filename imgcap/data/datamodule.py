@@ -52,7 +52,7 @@ from imgcap.data.shapes import META_FILE, generate_shapes, is_complete_shapes_da
 from imgcap.data.transforms import check_image_file, eval_transform, train_transform
 from imgcap.data.vocab import Vocabulary, vocabulary_warning
 from imgcap.errors import ConfigError, DataError
-from imgcap.phase_timing import timed_phase
+from imgcap.phase_timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -424,6 +424,7 @@ class CaptionDataModule(L.LightningDataModule):
             )
         return CaptionEvalDataset(ids, ann.captions, source)
 
+    @timed("cache build")  # built here, or read when present: one phase of the run's timings
     def _feature_store(self, split: str):
         """The split's feature cache: read it, or compute it on the training device."""
         ann = self._load_annotations()
@@ -440,21 +441,20 @@ class CaptionDataModule(L.LightningDataModule):
         device = trainer.strategy.root_device if trainer is not None else None
         if device is None:
             device = next((p.device for p in self._encoder.parameters()), torch.device("cpu"))
-        with timed_phase("cache build", split):  # read when present, else built here
-            return build_feature_cache(
-                self.cache_dir,
-                ids,
-                ImageListDataset(ids, ImageFiles(ann.image_dir, eval_transform(self.image_size))),
-                self._encoder,
-                self._encoder_key,
-                self.image_size,
-                batch_size=default_batch_size(device, self.eval_batch_size),
-                num_workers=self.num_workers,
-                quiet=self.quiet,
-                desc=f"feature cache ({split})",
-                device=device,
-                dataset=dataset_identity(ann.image_dir, ids),
-            )
+        return build_feature_cache(
+            self.cache_dir,
+            ids,
+            ImageListDataset(ids, ImageFiles(ann.image_dir, eval_transform(self.image_size))),
+            self._encoder,
+            self._encoder_key,
+            self.image_size,
+            batch_size=default_batch_size(device, self.eval_batch_size),
+            num_workers=self.num_workers,
+            quiet=self.quiet,
+            desc=f"feature cache ({split})",
+            device=device,
+            dataset=dataset_identity(ann.image_dir, ids),
+        )
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         if split not in self.datasets:
