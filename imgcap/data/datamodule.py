@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -58,6 +59,8 @@ _STAGE_SPLITS = {
     "predict": ("test",),
     None: ("train", "val", "test"),
 }
+
+log = logging.getLogger(__name__)
 
 
 def resolve_num_workers(value: int | str) -> int:
@@ -260,7 +263,7 @@ class CaptionDataModule(L.LightningDataModule):
         if has_other_data:
             return  # a real dataset lives here: use it, never overwrite it
         if not self.quiet:
-            print(f"Generating the shapes dataset into {self.root} ...")
+            log.info(f"Generating the shapes dataset into {self.root} ...")
         generate_shapes(self.root, overwrite=True, **params)
 
     def _load_annotations(self) -> Annotations:
