@@ -218,7 +218,8 @@ class InterruptCheckpoint(L.Callback):
             return
         self._validating_in_fit = trainer.validating and not trainer.sanity_checking
         try:
-            trainer.save_checkpoint(self.ckpt_path)
+            # A full checkpoint (optimizer and loops too); saying so keeps Lightning quiet.
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)
         except WriteError as err:
             # The error that stopped training is the one to report; this one is a footnote.
             log.warning("warning: no checkpoint to resume from: %s", err)
