@@ -290,7 +290,7 @@ def test_demo_console_is_quiet_and_the_log_file_holds_it(tmp_path):
     ("override", "cause"),
     [
         ("experiment=nonexistent", "experiment/nonexistent"),
-        ("trainer.precision=banana", "banana"),
+        ("trainer.precision=banana", "trainer.precision="),
         ("data.batch_size=0", "data.batch_size"),
     ],
 )
