@@ -15,7 +15,7 @@ import lightning.pytorch as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -165,11 +165,6 @@ def train(cfg: DictConfig) -> float | None:
         ValidateAfterLastEpoch(),
     ]
     extra: dict[str, Any] = {}
-    if (
-        not any(isinstance(c, ProgressBar) for c in callbacks)
-        and "enable_progress_bar" not in cfg.trainer
-    ):
-        extra["enable_progress_bar"] = False  # callbacks.progress_bar=null: no bar at all
     if "enable_model_summary" not in cfg.trainer:
         extra["enable_model_summary"] = False  # the one-line summary above replaces the table
     # Checkpoints are written to a temp file and renamed: a full disk never truncates best.ckpt.
