@@ -13,6 +13,7 @@ import io
 import os
 from typing import Any
 
+import lightning.pytorch as L
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -65,3 +66,15 @@ class HistoryCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class TrimRepeatedRows(L.Callback):
+    """On resume, forget the CSV rows logged after the checkpoint's step: training repeats those
+    steps (resuming from ``last.ckpt`` after a later crash), and their rows would appear twice."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, HistoryCSVLogger) and trainer.is_global_zero:
+                logger.experiment.drop_rows_after(trainer.global_step)

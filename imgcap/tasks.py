@@ -31,6 +31,7 @@ from imgcap.checkpoint import load_initial_weights, read_checkpoint
 from imgcap.checkpoint_io import AtomicCheckpointIO
 from imgcap.cli import is_rank_zero, show_config
 from imgcap.config_checks import check_train_config
+from imgcap.csv_history import TrimRepeatedRows
 from imgcap.data.vocab import Vocabulary
 from imgcap.errors import ConfigError, ImgcapError, Interrupted
 from imgcap.hardware import register_resolvers, use_tensor_cores_for_float32
@@ -163,6 +164,7 @@ def train(cfg: DictConfig) -> float | None:
         RunConfigInCheckpoint(run_config, overrides, choices),
         RngState(),
         ValidateAfterLastEpoch(),
+        TrimRepeatedRows(),
     ]
     extra: dict[str, Any] = {}
     if "enable_model_summary" not in cfg.trainer:

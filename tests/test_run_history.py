@@ -114,6 +114,25 @@ def test_checkpoints_are_written_through_a_temp_file_in_their_own_folder(tmp_pat
     assert ckpt_dir in seen and all(not d.startswith("/tmp/tmp") for d in seen), seen
 
 
+# ------------------------------------------------------------------------ CSV history
+def test_csv_logger_appends_to_the_rows_of_the_first_part(tmp_path):
+    from imgcap.csv_history import HistoryCSVLogger
+
+    first = HistoryCSVLogger(tmp_path, name="csv", version="")
+    for step in range(4):
+        first.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
+    first.save()
+    resumed = HistoryCSVLogger(tmp_path, name="csv", version="")
+    resumed.experiment.drop_rows_after(2)  # steps 3.. are trained again
+    resumed.log_metrics({"train/loss": 0.2, "val/BLEU-4": 0.5}, step=3)
+    resumed.save()
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["0", "1", "2", "3"]
+    assert rows[0]["train/loss"] == "1.0" and rows[3]["val/BLEU-4"] == "0.5"
+    assert [p.name for p in (tmp_path / "csv").iterdir()] == ["metrics.csv"]
+
+
 # ------------------------------------------------------------------------ provenance
 def test_provenance_names_commit_packages_seed_and_overrides(tmp_path):
     block = provenance(7, ["a=1"])
