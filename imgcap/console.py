@@ -143,6 +143,10 @@ def one_line_config_errors() -> None:
     Hydra then re-raises instead of printing; a user who sets HYDRA_FULL_ERROR gets the full
     traceback as before."""
     global _user_full_error
-    _user_full_error = "HYDRA_FULL_ERROR" in os.environ
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    # Child processes (DDP ranks) inherit the variable: the marker says it was set here.
+    ours = os.environ.get("IMGCAP_SET_HYDRA_FULL_ERROR") == "1"
+    _user_full_error = "HYDRA_FULL_ERROR" in os.environ and not ours
+    if "HYDRA_FULL_ERROR" not in os.environ:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        os.environ["IMGCAP_SET_HYDRA_FULL_ERROR"] = "1"
     sys.excepthook = _excepthook

@@ -255,6 +255,29 @@ def test_resumed_run_keeps_one_history(tmp_path):
     assert "\r" not in log_text and "\x1b" not in log_text
 
 
+@pytest.mark.slow
+def test_evaluate_and_caption_logs_hold_what_the_console_showed(tmp_path):
+    cfg = compose_train(tmp_path, [*TINY, "trainer.max_epochs=1", "logger=none", "test=false"])
+    tasks.train(cfg)
+    best = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
+    images = sorted((tmp_path / "data" / "shapes" / "Images").glob("*.jpg"))[:2]
+    for script, args, expected in (
+        ("evaluate", ["meteor=false", "num_workers=0"], "test scores, beam size"),
+        ("caption", [f"images=[{images[0]},{images[1]}]"], images[0].name),
+    ):
+        done = run_script(
+            [str(REPO / f"{script}.py"), f"ckpt={best}", *args, f"paths.root_dir={tmp_path}"],
+            tmp_path,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert expected in done.stdout
+        (run,) = (tmp_path / "outputs" / script / "runs").glob("*/*")
+        log_text = (run / f"{script}.log").read_text()
+        assert expected in log_text, log_text[-2000:]
+        assert "\r" not in log_text and "\x1b" not in log_text
+        assert_quiet(done.stdout + done.stderr)
+
+
 # ------------------------------------------------------------------------ the console
 # Lines a user should not meet (issue: a quiet console).
 QUIET = {
