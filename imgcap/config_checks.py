@@ -62,6 +62,19 @@ _POSITIVE_INTS = (
 )
 
 
+def _check_plugin_settings(model: DictConfig) -> None:
+    from imgcap.models import DECODERS
+    from imgcap.objectives import OBJECTIVES
+
+    for key, registry, fixed in (
+        ("decoder", DECODERS, ("vocab_size", "encoder_dim")),
+        ("objective", OBJECTIVES, ()),
+    ):
+        node = model.get(key)
+        if OmegaConf.is_dict(node) and node.get("name"):
+            registry.check(OmegaConf.to_container(node, resolve=True), *fixed)
+
+
 def check_model_config(cfg: DictConfig) -> None:
     """``cfg`` is the run config (with ``model``); raises ConfigError naming the first bad key."""
     model = cfg.get("model")
@@ -70,6 +83,9 @@ def check_model_config(cfg: DictConfig) -> None:
     for key in ("encoded_size", "beam_size", "max_len"):
         if key in model:
             _int(cfg, f"model.{key}", 1)
+    # A setting the selected decoder or objective does not take (e.g. the card's
+    # model.attention_dim with model/decoder=transformer) is refused before any work.
+    _check_plugin_settings(model)
     # Sizes of the decoders and objectives imgcap ships; others check their own settings.
     for key in _POSITIVE_INTS:
         if _has(model, key):
@@ -84,6 +100,15 @@ def check_model_config(cfg: DictConfig) -> None:
         _float(cfg, "model.teacher_forcing_ratio", 0.0, 1.0)
     if "length_penalty" in model:
         _float(cfg, "model.length_penalty", -10.0, 10.0)
+    if "val_meteor" in model:
+        from imgcap.module import VAL_METEOR_CHOICES
+
+        value = _value(cfg, "model.val_meteor")
+        if value not in VAL_METEOR_CHOICES:
+            raise ConfigError(
+                f"model.val_meteor={value!r} must be one of {', '.join(VAL_METEOR_CHOICES)} "
+                "(which validations add METEOR; default last)"
+            )
     schedule = _value(cfg, "model.teacher_forcing_schedule")
     if schedule is not None:
         if not OmegaConf.is_dict(schedule) or set(schedule) != {"end", "epochs"}:

@@ -3,7 +3,8 @@
 With frozen weights the encoder output is a pure function of the (eval-transformed) image, so it
 is computed once per image and stored as float16 in a memory-mapped ``.npy`` of shape (N, P, C),
 with a json index next to it. The file name carries a hash of (image ids, encoder config,
-image size); the index stores the full key and the shape, and both are checked on load, so a
+image size, the dataset's identity: see :func:`imgcap.data.cache_location.dataset_identity`,
+since one cache folder serves every dataset); the index stores the full key and the shape, and both are checked on load, so a
 cache made by another encoder config is never used, only rebuilt. Files are written under a
 temporary name and renamed, and the index is written last: an interrupted build leaves nothing
 that a later run would trust.
@@ -34,14 +35,21 @@ from torch.utils.data import DataLoader
 CACHE_VERSION = 1
 
 
-def cache_key(image_ids: Sequence[str], encoder_key: dict, image_size: int) -> str:
-    """sha256 over everything the features depend on (json with sorted keys, so dict order is irrelevant)."""
+def cache_key(
+    image_ids: Sequence[str], encoder_key: dict, image_size: int, dataset: dict | None = None
+) -> str:
+    """sha256 over everything the features depend on (json with sorted keys, so dict order is
+    irrelevant). ``dataset``: which images these are (their folder and files, see
+    :func:`imgcap.data.cache_location.dataset_identity`); ids alone are file names, which two
+    datasets may share."""
     payload = {
         "version": CACHE_VERSION,
         "image_ids": list(image_ids),
         "encoder": encoder_key,
         "image_size": int(image_size),
     }
+    if dataset is not None:
+        payload["dataset"] = dataset
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -87,9 +95,11 @@ def load_feature_cache(
     encoder_key: dict,
     image_size: int,
     name: str = "features",
+    dataset: dict | None = None,
 ) -> FeatureStore | None:
-    """The matching cache, or None when absent, partial, or made for other ids/config/shape."""
-    key = cache_key(image_ids, encoder_key, image_size)
+    """The matching cache, or None when absent, partial, or made for other ids/config/shape
+    or another dataset."""
+    key = cache_key(image_ids, encoder_key, image_size, dataset)
     npy, index = paths_for(Path(cache_dir), key, name)
     try:
         with open(index) as f:
@@ -196,6 +206,7 @@ def build_feature_cache(
     desc: str = "feature cache",
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None | str = "auto",
+    dataset: dict | None = None,
 ) -> FeatureStore:
     """Load the cache for ``image_ids`` or compute it with ``encoder``.
 
@@ -203,14 +214,15 @@ def build_feature_cache(
     ``encoder`` maps (B, 3, S, S) -> (B, P, C). It runs in eval mode and inference mode on
     ``device`` (default: where its parameters are; it is moved there for the build and back
     afterwards), in ``autocast_dtype`` (``"auto"``: :func:`default_autocast_dtype`).
+    ``dataset``: the images' identity, part of the key (see :func:`cache_key`).
     """
     cache_dir = Path(cache_dir)
-    found = load_feature_cache(cache_dir, image_ids, encoder_key, image_size, name)
+    found = load_feature_cache(cache_dir, image_ids, encoder_key, image_size, name, dataset)
     if found is not None:
         return found
     from tqdm.auto import tqdm
 
-    key = cache_key(image_ids, encoder_key, image_size)
+    key = cache_key(image_ids, encoder_key, image_size, dataset)
     npy, index = paths_for(cache_dir, key, name)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp_npy = npy.with_name(f"{npy.stem}.partial-{os.getpid()}.npy")
@@ -271,6 +283,7 @@ def build_feature_cache(
             "dtype": "float16",
             "encoder": encoder_key,
             "image_size": int(image_size),
+            "dataset": dataset,
             "image_ids": list(image_ids),
         }
         tmp_index = index.with_name(f"{index.name}.partial-{os.getpid()}")
