@@ -1,5 +1,5 @@
 """Shared plumbing of the entry scripts: one clear line for user mistakes, not a traceback;
-the composed config shown once at start; a console without noise."""
+the config tree shown once, after the checks; a console without noise."""
 
 from __future__ import annotations
 
