@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from pathlib import Path
@@ -13,6 +12,8 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
+from imgcap import atomic
+from imgcap.atomic import WriteError
 from imgcap.checkpoint import CHECKPOINT_KEY, run_config_entry
 from imgcap.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from imgcap.errors import DivergenceError
@@ -217,7 +218,12 @@ class InterruptCheckpoint(L.Callback):
             return
         self._validating_in_fit = trainer.validating and not trainer.sanity_checking
         try:
-            trainer.save_checkpoint(self.ckpt_path)
+            # A full checkpoint (optimizer and loops too); saying so keeps Lightning quiet.
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+        except WriteError as err:
+            # The error that stopped training is the one to report; this one is a footnote.
+            log.warning("warning: no checkpoint to resume from: %s", err)
+            return
         finally:
             self._validating_in_fit = False
         self.saved = self.ckpt_path
@@ -289,7 +295,7 @@ class CaptionSampleLogger(L.Callback):
         out_dir = Path(trainer.default_root_dir) / "samples"
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"train_epoch_{trainer.current_epoch:03d}.json"
-        path.write_text(json.dumps(samples, indent=1))
+        atomic.write_json(path, samples, indent=1)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 keys = list(samples[0])
@@ -337,7 +343,7 @@ class CaptionSampleLogger(L.Callback):
         out_dir = Path(trainer.default_root_dir) / "samples"
         out_dir.mkdir(parents=True, exist_ok=True)
         text = [{k: s[k] for k in ("image_id", "prediction", "references")} for s in self._samples]
-        (out_dir / f"epoch_{epoch:03d}.json").write_text(json.dumps(text, indent=1))
+        atomic.write_json(out_dir / f"epoch_{epoch:03d}.json", text, indent=1)
 
         overlays = []
         for sample in self._samples[: self.num_attention]:

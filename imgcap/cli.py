@@ -1,8 +1,10 @@
 """Shared plumbing of the entry scripts: one clear line for user mistakes, not a traceback;
-the composed config shown once at start; a console without noise."""
+the config tree shown once, after the checks; a console without noise."""
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import os
 import sys
@@ -13,7 +15,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from imgcap import atomic
+from imgcap.console import (
+    end_progress_lines,
+    hydra_error_line,
+    one_line_config_errors,
+    one_line_warning,
+    route_library_logs,
+)
 from imgcap.errors import ImgcapError
+
+log = logging.getLogger("imgcap")
 
 # Messages that say nothing actionable to a user of the scripts (each from a library we
 # call, not from a mistake of the user); matched narrowly so that real problems still show.
@@ -22,12 +34,14 @@ NOISE_WARNINGS = (
     r".*predict_dataloader.*",
     # Lightning's own use of a torch API that torch deprecated.
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    # Which accelerators exist: the Trainer config says which one is used.
+    r".*(GPU|TPU|HPU) available but not used.*",
     # A frozen encoder is kept in eval mode on purpose (BatchNorm statistics stay fixed).
     r".*module\(s\) in eval mode at the start of training.*",
     # Scores are gathered across processes by the metric itself before they are logged.
     r"It is recommended to use `self.log\('(val|test)/.*sync_dist=True.*",
 )
-NOISE_LOG_PREFIXES = ("💡 Tip:",)
+NOISE_LOG_PREFIXES = ("💡 Tip:", "GPU available:", "TPU available:", "HPU available:")
 
 
 class _DropNoise(logging.Filter):
@@ -46,10 +60,13 @@ def silence_noise() -> None:
 
 
 def prepare_environment(script: str) -> None:
-    """Anchor ``paths.root_dir`` at the scripts' folder whatever the working directory is."""
+    """Anchor ``paths.root_dir`` at the scripts' folder whatever the working directory is;
+    warnings in one line; Hydra's config errors end with their cause."""
     os.environ.setdefault("PROJECT_ROOT", str(Path(script).resolve().parent))
     register_resolvers()
     silence_noise()
+    warnings.formatwarning = one_line_warning
+    one_line_config_errors()
 
 
 def is_rank_zero() -> bool:
@@ -81,9 +98,28 @@ def config_tree(cfg: DictConfig) -> str:
         except Exception:  # noqa: BLE001 - show what was written when it cannot resolve
             text = OmegaConf.to_yaml(node) if OmegaConf.is_config(node) else str(node)
         tree.add(str(key)).add(Syntax(text.rstrip("\n"), "yaml", theme="ansi_dark"))
-    console = Console(record=True, width=100, file=sys.stdout)
+    console = Console(record=True, width=100, file=io.StringIO())
     console.print(tree)
     return console.export_text()
+
+
+_config_shown = False
+
+
+def show_config(cfg: DictConfig) -> None:
+    """Write the config tree to ``config_tree.log`` in the run directory, and show it on the
+    console once per command (the first job of a sweep; later jobs only write their file).
+    Called by the tasks after their checks, with the config actually used (a resumed run's)."""
+    global _config_shown
+    if not cfg.get("print_config") or not is_rank_zero():
+        return
+    text = config_tree(cfg)
+    output_dir = cfg.get("paths", {}).get("output_dir")
+    if output_dir:
+        atomic.write_text(Path(output_dir) / "config_tree.log", text)
+    if not _config_shown:
+        _config_shown = True
+        log.info(text.rstrip("\n"))
 
 
 _RUN_DIRS: dict[str, str] = {}
@@ -136,14 +172,27 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
     A run stopped by SIGTERM/SIGINT has printed its resume line already and exits with
     128 + the signal number (:class:`~imgcap.errors.Interrupted` is a SystemExit)."""
+    from hydra.errors import InstantiationException
+
+    route_library_logs()
     try:
-        if cfg.get("print_config") and is_rank_zero():
-            text = config_tree(cfg)
-            output_dir = cfg.get("paths", {}).get("output_dir")
-            if output_dir:
-                Path(output_dir).mkdir(parents=True, exist_ok=True)
-                (Path(output_dir) / "config_tree.log").write_text(text)
         return task(cfg)
     except ImgcapError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
+        fail(one_line(err))
+    except InstantiationException as err:  # e.g. trainer.precision=banana
+        fail(hydra_error_line(err))
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        fail(atomic.write_error_message(err.filename, err))
+
+
+# A full disk, a quota, a read-only folder, a file too large: the user's to fix, not a bug.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def fail(message: str, status: int = 2) -> None:
+    """End the run with ``error: <message>`` on its own line (stderr and the log file)."""
+    end_progress_lines()
+    log.error(f"error: {message}")
+    sys.exit(status)

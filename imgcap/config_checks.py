@@ -152,3 +152,29 @@ def check_train_config(cfg: DictConfig) -> None:
         _int(cfg, "trainer.max_epochs", -1)
     if "check_val_every_n_epoch" in trainer:
         _int(cfg, "trainer.check_val_every_n_epoch", 1, optional=True)
+    if "precision" in trainer:
+        _precision(cfg)
+
+
+def _precision(cfg: DictConfig) -> None:
+    """trainer.precision among Lightning's values, checked before any work (and before the
+    config tree is shown) rather than when the Trainer is built."""
+    from typing import get_args
+
+    try:
+        from lightning.fabric.connector import (
+            _PRECISION_INPUT_INT,
+            _PRECISION_INPUT_STR,
+            _PRECISION_INPUT_STR_ALIAS,
+        )
+    except ImportError:  # another Lightning release: the Trainer checks it when built
+        return
+
+    value = _value(cfg, "trainer.precision")
+    allowed = [*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS)]
+    allowed += [str(v) for v in get_args(_PRECISION_INPUT_INT)]
+    if value is not None and str(value) not in allowed:
+        raise ConfigError(
+            f"trainer.precision={value!r} is not a precision Lightning knows: use one of "
+            f"{', '.join(get_args(_PRECISION_INPUT_STR))} (or leave the default)"
+        )

@@ -10,13 +10,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import secrets
 import shutil
-import sys
+import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from imgcap.atomic import write_text
 from imgcap.errors import ConfigError
 
 if TYPE_CHECKING:  # Lightning and torch load on first use: the credential check needs neither
@@ -76,10 +78,9 @@ def configure_wandb_environment() -> bool:
         return False
     if not _announced_offline:
         _announced_offline = True
-        print(
+        log.warning(
             "W&B: no credentials found (WANDB_API_KEY, `wandb login`, .netrc): logging offline "
-            "into the run directory; upload later with `wandb sync`",
-            file=sys.stderr,
+            "into the run directory; upload later with `wandb sync`"
         )
     return True
 
@@ -104,7 +105,7 @@ def sweep_job() -> tuple[str, str] | None:
     experiment = (hydra_cfg.runtime.choices or {}).get("experiment")
     if experiment and experiment != "None":
         group += f"_{experiment}"
-    swept = set((hydra_cfg.sweeper.get("params") or {}).keys())
+    swept = set((hydra_cfg.sweeper.get("params") or {}).keys()) or swept_keys(sweep_dir)
     parts = []
     for override in hydra_cfg.overrides.task:
         key, _, value = override.partition("=")
@@ -117,10 +118,71 @@ def sweep_job() -> tuple[str, str] | None:
     return group, ",".join(parts) or f"job{hydra_cfg.job.num}"
 
 
+def swept_keys(sweep_dir: Path) -> set[str]:
+    """The keys a command-line sweep varies (``x=1,2``, ``x=range(3)``, ``x=choice(a,b)``), read
+    from the sweep's ``multirun.yaml`` (the command line as given); empty when unknown. The other
+    overrides are the same in every job and say nothing about a run."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return set()
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        given = OmegaConf.load(path).hydra.overrides.task
+        parsed = OverridesParser.create().parse_overrides([str(o) for o in given])
+    except Exception:  # noqa: BLE001 - an unreadable record only makes names longer
+        return set()
+    return {o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()}
+
+
+RUN_ID_FILE = Path("wandb") / "run_id.txt"
+
+
+def _experiment_choice() -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = (HydraConfig.get().runtime.choices or {}).get("experiment")
+    except ValueError:
+        return None
+    return None if choice in (None, "None", "null") else str(choice)
+
+
+def assign_wandb_identity(cfg: DictConfig) -> None:
+    """Fix the W&B run id, name and group in ``cfg`` before the run config is stored in its
+    checkpoints, so a resumed run (``ckpt_path=``) continues the same W&B run. The id is also
+    kept in ``<run dir>/wandb/run_id.txt``. Single runs are grouped by experiment and named
+    ``<experiment>_<date>_<time>`` (the run directory); sweep jobs by :func:`sweep_job`."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None or "WandbLogger" not in str(wandb_cfg.get("_target_", "")):
+        return
+    output_dir = Path(cfg.paths.output_dir)
+    id_file = output_dir / RUN_ID_FILE
+    run_id = wandb_cfg.get("id")
+    if not run_id and id_file.is_file():
+        run_id = id_file.read_text().strip() or None
+    if not run_id:  # W&B's own form: 8 lower-case letters and digits
+        alphabet = string.ascii_lowercase + string.digits
+        run_id = "".join(secrets.choice(alphabet) for _ in range(8))
+    group, name = sweep_job() or (None, None)
+    if group is None:
+        experiment = _experiment_choice()
+        group = experiment or str(cfg.get("task_name") or "train")
+        name = f"{experiment or group}_{output_dir.parent.name}_{output_dir.name}"
+    with open_dict(cfg):
+        wandb_cfg.id = str(run_id)
+        wandb_cfg.name = wandb_cfg.get("name") or name
+        wandb_cfg.group = wandb_cfg.get("group") or group
+    write_text(id_file, f"{run_id}\n")
+
+
 _NEEDS_PACKAGE = {"TensorBoardLogger": ("tensorboard", "tensorboardX")}
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
+    """The configured loggers; fixes the W&B run's identity in ``cfg`` first
+    (:func:`assign_wandb_identity`)."""
+    assign_wandb_identity(cfg)
     loggers = []
     for logger_cfg in (cfg.get("logger") or {}).values():
         if logger_cfg is None:
@@ -142,6 +204,8 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
             group, name = sweep_job() or (None, None)
             logger_cfg["group"] = logger_cfg.get("group") or group
             logger_cfg["name"] = logger_cfg.get("name") or name
+            if logger_cfg.get("id"):  # the same run again after ckpt_path= (see above)
+                logger_cfg.setdefault("resume", "allow")
             logger = instantiate(logger_cfg)
             logger._imgcap_watch = watch
             # Lightning passes anonymous=None, which recent wandb releases warn about.
@@ -177,8 +241,9 @@ def human_count(n: int) -> str:
 
 
 def log_run_summary(loggers: list[Logger], summary: dict[str, Any], files: list[Path]) -> None:
-    """End-of-run facts (best checkpoint, test scores) into each W&B run's summary, and
-    ``files`` (metrics.json) as run files."""
+    """End-of-run facts (best checkpoint, test scores) into each W&B run's summary, ``files``
+    (metrics.json) as run files, and the best checkpoint and ``files`` as W&B artifacts (a
+    ``model`` and a ``metrics`` one; offline runs keep them for ``wandb sync``)."""
     from lightning.pytorch.loggers import WandbLogger
 
     for logger in loggers:
@@ -192,6 +257,22 @@ def log_run_summary(loggers: list[Logger], summary: dict[str, Any], files: list[
                 copy = Path(run.dir) / path.name
                 shutil.copyfile(path, copy)
                 run.save(str(copy), base_path=str(run.dir), policy="now")
+        log_artifacts(run, summary.get("best_checkpoint"), files)
+
+
+def log_artifacts(run: Any, best_checkpoint: str | None, files: list[Path]) -> None:
+    import wandb
+
+    if best_checkpoint and Path(best_checkpoint).is_file():
+        model = wandb.Artifact(f"model-{run.id}", type="model", metadata={"file": "best.ckpt"})
+        model.add_file(str(best_checkpoint), name=Path(best_checkpoint).name)
+        run.log_artifact(model, aliases=["best", "latest"])
+    present = [p for p in files if p.is_file()]
+    if present:
+        metrics = wandb.Artifact(f"metrics-{run.id}", type="metrics")
+        for path in present:
+            metrics.add_file(str(path), name=path.name)
+        run.log_artifact(metrics)
 
 
 def finish_loggers(loggers: list) -> None:

@@ -328,10 +328,12 @@ class CaptioningModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise ValueError("CaptioningModule needs an optimizer partial to train")
-        groups = [{"params": [p for p in self.decoder.parameters() if p.requires_grad]}]
+        # Named groups: the LR monitor logs lr-Adam/decoder and lr-Adam/encoder.
+        decoder_params = [p for p in self.decoder.parameters() if p.requires_grad]
+        groups = [{"params": decoder_params, "name": "decoder"}]
         encoder_params = list(self.encoder.parameters())
         if not self.encoder.is_frozen or self.optimize_frozen_encoder:
-            groups.append({"params": encoder_params, "lr": self.encoder_lr})
+            groups.append({"params": encoder_params, "lr": self.encoder_lr, "name": "encoder"})
         optimizer = self.optimizer_factory(params=groups)
         if self.scheduler_factory is None:
             return optimizer

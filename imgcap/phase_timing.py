@@ -24,7 +24,6 @@ The checkpoints saved after a validation count as ``checkpointing``.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -37,6 +36,8 @@ from typing import Any, TypeVar
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from imgcap.atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -206,10 +207,7 @@ class PhaseTimer(L.Callback):
             return
         path = self._write_dir / TIMINGS_FILE
         try:
-            self._write_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.tmp")
-            tmp.write_text(json.dumps(totals, indent=2))
-            os.replace(tmp, path)
+            write_json(path, totals)  # whole or not at all, no temp file left
         except OSError as e:  # timing is a report, never a reason to stop training
             log.warning("cannot write %s (%s)", path, e)
 

@@ -18,11 +18,13 @@ import contextlib
 import re
 import signal
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from imgcap.atomic import write_text
 from imgcap.checkpoint import CHECKPOINT_KEY, read_checkpoint
 from imgcap.errors import ConfigError
 
@@ -129,6 +131,32 @@ def resume_config(cfg: DictConfig) -> DictConfig:
         resumed.ckpt_path = ckpt_path
         resumed.paths.output_dir = str(run_dir)
     return resumed
+
+
+RESUMES_FILE = Path(".hydra") / "resumes.yaml"
+
+
+def record_resume(cfg: DictConfig) -> Path:
+    """Append this resume (UTC time, checkpoint, command-line overrides) to the run's
+    ``.hydra/resumes.yaml``, beside the config and overrides of its first start; returns the file.
+    """
+    path = Path(cfg.paths.output_dir) / RESUMES_FILE
+    overrides, _ = _hydra_overrides()
+    entry = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": str(Path(str(cfg.ckpt_path)).expanduser().resolve()),
+        "overrides": [o for o in overrides if not o.startswith("ckpt_path=")],
+    }
+    records: list[Any] = []
+    if path.is_file():
+        try:
+            loaded = OmegaConf.to_container(OmegaConf.load(path))
+            records = list(loaded) if isinstance(loaded, list) else []
+        except Exception:  # noqa: BLE001 - an unreadable record is replaced, not fatal
+            records = []
+    records.append(entry)
+    write_text(path, OmegaConf.to_yaml(OmegaConf.create(records)))
+    return path
 
 
 # PyTorch's words when a loader worker dies of a signal ("... is killed by signal: Terminated.")

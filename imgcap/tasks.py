@@ -6,10 +6,7 @@ results into ``cfg.paths.output_dir`` and returns them.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from imgcap import atomic
 from imgcap.callbacks import (
     FiniteGuard,
     InterruptCheckpoint,
@@ -30,8 +28,10 @@ from imgcap.callbacks import (
     ValidateAfterLastEpoch,
 )
 from imgcap.checkpoint import load_initial_weights, read_checkpoint
-from imgcap.cli import is_rank_zero
+from imgcap.checkpoint_io import AtomicCheckpointIO
+from imgcap.cli import is_rank_zero, show_config
 from imgcap.config_checks import check_train_config
+from imgcap.csv_history import TrimRepeatedRows
 from imgcap.data.vocab import Vocabulary
 from imgcap.errors import ConfigError, ImgcapError, Interrupted
 from imgcap.hardware import register_resolvers, use_tensor_cores_for_float32
@@ -44,7 +44,14 @@ from imgcap.loggers import (
 )
 from imgcap.metrics import compute_caption_metrics, scoring_info
 from imgcap.phase_timing import find_phase_timer
-from imgcap.resume import job_overrides, killed_worker_signal, resume_config, signal_stop
+from imgcap.provenance import provenance
+from imgcap.resume import (
+    job_overrides,
+    killed_worker_signal,
+    record_resume,
+    resume_config,
+    signal_stop,
+)
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -66,10 +73,7 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
 
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON through a temp file + rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    atomic.write_json(path, payload)
 
 
 def format_scores(scores: dict[str, float], title: str) -> str:
@@ -137,6 +141,9 @@ def train(cfg: DictConfig) -> float | None:
         cfg = resume_config(cfg)  # reads the checkpoint safely: one line when it is bad
     check_train_config(cfg)
     resume_from = cfg.get("ckpt_path") or None
+    if resume_from:
+        record_resume(cfg)  # .hydra/resumes.yaml: when, from which checkpoint, which overrides
+    show_config(cfg)  # after the checks, the config actually used (a resumed run's own)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -148,14 +155,14 @@ def train(cfg: DictConfig) -> float | None:
     params = parameter_counts(model)
     if is_rank_zero():
         if annotations is not None:
-            print(annotations.describe())
-        print(
+            log.info(annotations.describe())
+        log.info(
             f"model: {human_count(params['total'])} parameters "
             f"({human_count(params['trainable'])} trainable; encoder "
             f"{human_count(params.get('encoder', 0))}, decoder {human_count(params.get('decoder', 0))})"
         )
+    loggers = build_loggers(cfg)  # first: it fixes the W&B run id that checkpoints keep
     run_config = OmegaConf.to_container(cfg, resolve=True)
-    loggers = build_loggers(cfg)
     overrides, choices = job_overrides()
     # The guard comes first: its checks run before any checkpoint callback saves.
     callbacks = [
@@ -164,12 +171,18 @@ def train(cfg: DictConfig) -> float | None:
         RunConfigInCheckpoint(run_config, overrides, choices),
         RngState(),
         ValidateAfterLastEpoch(),
+        TrimRepeatedRows(),
     ]
     extra: dict[str, Any] = {}
     if "enable_model_summary" not in cfg.trainer:
         extra["enable_model_summary"] = False  # the one-line summary above replaces the table
+    # Checkpoints are written to a temp file and renamed: a full disk never truncates best.ckpt.
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        **extra,
     )
     for logger in loggers:
         logger.log_hyperparams({**run_config, "data_split": split_info, "model_params": params})
@@ -230,6 +243,7 @@ def train(cfg: DictConfig) -> float | None:
                 "init_from": str(cfg.init_from) if cfg.get("init_from") else None,
                 "scoring": scoring_info(scored),
                 "model_params": params,
+                "provenance": provenance(cfg.get("seed"), overrides, output_dir),
             }
         )
         timer = find_phase_timer(trainer)
@@ -245,7 +259,7 @@ def train(cfg: DictConfig) -> float | None:
 
     test_scores = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("test/")}
     if test_scores and trainer.is_global_zero:
-        print(format_scores(test_scores, f"test scores ({output_dir / 'metrics.json'}):"))
+        log.info(format_scores(test_scores, f"test scores ({output_dir / 'metrics.json'}):"))
     return objective_value(cfg, metrics)
 
 
@@ -281,7 +295,7 @@ def interrupted(trainer: L.Trainer, stop: Any, output_dir: Path) -> Interrupted:
             f"interrupted by {stop.name} at {where}; saved {saved}. "
             f"Resume with: python train.py ckpt_path={saved}"
         )
-    print(message, file=sys.stderr)
+    log.warning(message)
     return Interrupted(message, stop.exit_code)
 
 
@@ -336,6 +350,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     captioner = Captioner.from_checkpoint(ckpt, device=cfg.accelerator)
     model, run_config, device = captioner.model, captioner.run_config, captioner.device
     beams = beam_sizes(cfg.beam_size, default=model.hparams.beam_size)
+    show_config(cfg)
 
     overrides = {k: v for k, v in (cfg.get("data") or {}).items() if v is not None}
     data_cfg = OmegaConf.merge(run_config["data"], overrides)
@@ -349,7 +364,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule.vocab = model.vocab
     datamodule.prepare_data()
     datamodule.setup("test" if split == "test" else "validate")
-    print(datamodule.annotations.describe())
+    log.info(datamodule.annotations.describe())
     loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
 
     hypotheses: dict[int, list[str]] = {k: [] for k in beams}
@@ -383,6 +398,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "length_penalty": float(model.hparams.length_penalty),
             "max_len": int(cfg.max_len or model.hparams.max_len),
             "scoring": scoring_info(by_beam[first]),
+            "provenance": provenance(run_config.get("seed"), job_overrides()[0]),
         }
     )
     predictions = [
@@ -409,12 +425,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         name = "results_coco.json" if k == beams[0] else f"results_coco_beam{k}.json"
         write_json(output_dir / name, coco_results(image_ids, hypotheses[k], dataset_ids))
     for k in beams:
-        print(
+        log.info(
             format_scores(
                 by_beam[str(k)], f"{split} scores, beam size {k} ({len(image_ids)} images):"
             )
         )
-    print(f"wrote metrics.json, predictions.json and the COCO files to {output_dir}")
+    log.info(f"wrote metrics.json, predictions.json and the COCO files to {output_dir}")
     return metrics
 
 
@@ -457,6 +473,7 @@ def caption(cfg: DictConfig) -> list[dict[str, Any]]:
     output_dir = Path(cfg.paths.output_dir)
     beam = check_beam_size(cfg.beam_size)
     paths = collect_images(cfg.images)
+    show_config(cfg)
     captioner = Captioner.from_checkpoint(cfg.ckpt, device=cfg.accelerator)
 
     loaded: list[tuple[Path, Any]] = []
@@ -466,7 +483,7 @@ def caption(cfg: DictConfig) -> list[dict[str, Any]]:
         except DataError as err:
             if len(paths) == 1:
                 raise
-            print(f"warning: skipped: {err}", file=sys.stderr)
+            log.warning(f"warning: skipped: {err}")
     if not loaded:
         raise DataError(f"none of the {len(paths)} images could be read (see the warnings above)")
 
@@ -483,7 +500,7 @@ def caption(cfg: DictConfig) -> list[dict[str, Any]]:
                 png = output_dir / "attention" / f"{path.stem}.png"
                 attention_overlay(out.image, out.words, out.attention.flatten(1), path=png)
                 record["attention_png"] = str(png)
-            print(f"{path}: {out.caption}")
+            log.info(f"{path}: {out.caption}")
             results.append(record)
     skipped = [str(p) for p in paths if str(p) not in {r["image"] for r in results}]
     write_json(output_dir / "captions.json", results)

@@ -23,6 +23,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
+from imgcap.atomic import write_with
+
 __all__ = ["attention_overlay", "render_attention_png", "upsample_attention"]
 
 _PANEL_INCHES = 2.0
@@ -152,7 +154,7 @@ def attention_overlay(
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
+        write_with(path, lambda f: fig.savefig(f, format="png"))  # whole or not at all
     return fig
 
 

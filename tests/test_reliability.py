@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -298,7 +299,7 @@ def test_sigterm_to_train_script_exits_143_and_resumes_from_ckpt_path_alone(tmp_
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds workers via /proc")
-def test_loader_worker_killed_from_outside_stops_like_ctrl_c(tmp_path, capsys):
+def test_loader_worker_killed_from_outside_stops_like_ctrl_c(tmp_path, caplog):
     cfg = compose_train(
         tmp_path,
         [
@@ -310,11 +311,12 @@ def test_loader_worker_killed_from_outside_stops_like_ctrl_c(tmp_path, capsys):
             "+callbacks.kill._target_=tests.test_reliability.KillLoaderWorkerAt",
         ],
     )
-    with pytest.raises(SystemExit) as stopped:
+    with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as stopped:
         tasks.train(cfg)
     assert stopped.value.code == 143
     saved = Path(cfg.paths.output_dir) / "checkpoints" / "on_exception.ckpt"
-    lines = [line for line in capsys.readouterr().err.splitlines() if "interrupted" in line]
+    # The line goes through logging (stderr and train.log in the scripts).
+    lines = [r.getMessage() for r in caplog.records if "interrupted" in r.getMessage()]
     assert len(lines) == 1 and "SIGTERM" in lines[0], lines
     assert f"Resume with: python train.py ckpt_path={saved}" in lines[0]
     torch.load(saved, map_location="cpu", weights_only=True)

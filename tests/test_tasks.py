@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from imgcap import tasks
-from imgcap.checkpoint import load_captioner
+from imgcap.checkpoint import load_captioner, read_checkpoint
 from imgcap.data import datamodule as datamodule_module
 from imgcap.errors import CheckpointError, ConfigError, DataError, ImgcapError
 from imgcap.metrics import compute_caption_metrics
@@ -232,6 +232,12 @@ def test_multirun_writes_one_run_directory_per_job(tmp_path):
         log = next(run.glob("run-*.wandb")).read_bytes()
         assert b"sweep-7f3a" in log
         assert f"model.decoder.attention_dim={16 if job.name == '0' else 32}".encode() in log
+        # Only the swept override names the run (the fixed ones are the same in every job).
+        config = read_checkpoint(job / "checkpoints" / "best.ckpt")["imgcap"]["config"]
+        wanted = f"model.decoder.attention_dim={16 if job.name == '0' else 32}"
+        assert config["logger"]["wandb"]["name"] == wanted
+        assert (job / "config_tree.log").is_file()
+    assert done.stdout.count("\n├── data") == 1  # the config tree on the console once
 
 
 @pytest.mark.slow

@@ -64,6 +64,8 @@ _STAGE_SPLITS = {
     None: ("train", "val", "test"),
 }
 
+log = logging.getLogger(__name__)
+
 
 def resolve_num_workers(value: int | str) -> int:
     """``auto`` -> one loader worker per CPU this process may use, less one for the main
@@ -271,7 +273,7 @@ class CaptionDataModule(L.LightningDataModule):
         if has_other_data:
             return  # a real dataset lives here: use it, never overwrite it
         if not self.quiet:
-            print(f"Generating the shapes dataset into {self.root} ...")
+            log.info(f"Generating the shapes dataset into {self.root} ...")
         generate_shapes(self.root, overwrite=True, **params)
 
     def _load_annotations(self) -> Annotations:

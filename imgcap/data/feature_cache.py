@@ -291,6 +291,7 @@ def build_feature_cache(
         os.replace(tmp_index, index)  # the index is the commit marker: written last
     except BaseException:
         tmp_npy.unlink(missing_ok=True)
+        index.with_name(f"{index.name}.partial-{os.getpid()}").unlink(missing_ok=True)
         raise
     finally:
         encoder.to(home, memory_format=torch.contiguous_format)

@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
+from imgcap.atomic import write_json
 from imgcap.tokens import (  # noqa: F401 - re-exported for the data code
     END,
     END_ID,
@@ -91,12 +90,7 @@ class Vocabulary:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write JSON atomically (temp file + rename) so a crash never leaves a half-written file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f)
-        os.replace(tmp, path)
+        write_json(path, self.to_dict(), indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocabulary:
