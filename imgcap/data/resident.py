@@ -137,14 +137,23 @@ def choose_placement(
 
 def feature_shape(encoder: torch.nn.Module, image_size: int) -> tuple[int, int]:
     """(P, C) of the encoder's output: from its attributes, else one forward pass of a copy on
-    the meta device (no arithmetic, and the encoder itself never runs)."""
+    the meta device (no arithmetic, and the encoder itself does not run)."""
     pixels, channels = getattr(encoder, "num_pixels", None), getattr(encoder, "out_dim", None)
     if isinstance(pixels, int) and isinstance(channels, int):
         return pixels, channels
-    probe = copy.deepcopy(encoder).to("meta").eval()
-    probe._forward_hooks.clear()
-    with torch.no_grad():
-        out = probe(torch.zeros(1, 3, image_size, image_size, device="meta"))
+    try:
+        probe = copy.deepcopy(encoder).to("meta").eval()
+        probe._forward_hooks.clear()
+        device = torch.device("meta")
+    except Exception:  # not copyable (holds a lock, a file...): one blank image, for real
+        probe, device = encoder, next((p.device for p in encoder.parameters()), None)
+    was_training = probe.training
+    probe.eval()
+    try:
+        with torch.no_grad():
+            out = probe(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        probe.train(was_training)
     return int(out.shape[1]), int(out.shape[2])
 
 
