@@ -182,3 +182,53 @@ def test_resident_on_cuda_gives_the_loader_values(shapes_root, tmp_path, residen
         for a, b in zip(*loaders, strict=True):
             assert b["features"].device.type == "cuda" and b["captions"].device.type == "cuda"
             assert_same_batch(a, b)
+
+
+# ---------------------------------------------------------------------------- whole runs
+CACHED = ["data.cache_features=true", "model.encoder.fine_tune=frozen"]
+
+
+def _train(tmp: Path, resident: str, extra: tuple[str, ...] = ()) -> Path:
+    from imgcap import tasks
+    from tests.hydra_helpers import compose_train
+    from tests.test_reliability import EXACT
+
+    cfg = compose_train(tmp, [*EXACT, *CACHED, f"data.resident={resident}", *extra])
+    tasks.train(cfg)
+    return Path(cfg.paths.output_dir)
+
+
+@pytest.fixture(scope="module")
+def resident_run(tmp_path_factory) -> tuple[dict, str]:
+    from tests.test_reliability import run_metrics
+
+    return run_metrics(_train(tmp_path_factory.mktemp("resident"), "host"))
+
+
+@pytest.mark.slow
+def test_resident_and_loader_training_are_identical(resident_run, tmp_path) -> None:
+    from tests.test_reliability import run_metrics
+
+    metrics, weights = run_metrics(_train(tmp_path, "off"))
+    assert metrics == resident_run[0]  # every score, to the last digit
+    assert weights == resident_run[1]  # the same final weights, bit for bit
+
+
+@pytest.mark.slow
+def test_resident_run_interrupted_mid_epoch_resumes_exactly(resident_run, tmp_path) -> None:
+    import signal
+
+    from imgcap import tasks
+    from tests.hydra_helpers import compose_train
+    from tests.test_reliability import run_metrics, signal_at
+
+    with pytest.raises(SystemExit) as stopped:
+        _train(tmp_path / "first", "host", tuple(signal_at("train", 1, 1, signal.SIGTERM)))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    run = tmp_path / "first" / "run"
+    saved = run / "checkpoints" / "on_exception.ckpt"
+    assert torch.load(saved, map_location="cpu", weights_only=True)["epoch"] == 1
+    tasks.train(compose_train(tmp_path / "second", [f"ckpt_path={saved}"]))
+    metrics, weights = run_metrics(run)
+    assert metrics == resident_run[0]
+    assert weights == resident_run[1]
