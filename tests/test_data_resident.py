@@ -232,3 +232,17 @@ def test_resident_run_interrupted_mid_epoch_resumes_exactly(resident_run, tmp_pa
     metrics, weights = run_metrics(run)
     assert metrics == resident_run[0]
     assert weights == resident_run[1]
+
+
+@pytest.mark.parametrize("captions_per_image", ["all", 1])
+def test_resident_items_equal_the_per_item_dataset(shapes_root, tmp_path, captions_per_image):
+    off = cached_dm(shapes_root, tmp_path, "off", captions_per_image=captions_per_image)
+    held = cached_dm(shapes_root, tmp_path, "host", captions_per_image=captions_per_image)
+    for split in ("train", "val"):
+        a, b = off.datasets[split], held.datasets[split]
+        assert len(a) == len(b)
+        for k in range(len(a)):
+            torch.manual_seed(k)  # the same random caption draw with one caption per image
+            x = a[k]
+            torch.manual_seed(k)
+            assert_same_batch(x, b[k])

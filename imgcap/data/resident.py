@@ -183,7 +183,8 @@ class ResidentFeatures:
 
 
 class ResidentTrainBatches(Dataset):
-    """Training batches by index: ``dataset[indices]`` -> the batch dict of ``collate_train``.
+    """Training batches by index: ``dataset[indices]`` -> the batch dict of ``collate_train``
+    (``dataset[i]``: one item, as the per-item dataset gives it).
 
     Items are (image, caption) pairs in :class:`~imgcap.data.datasets.CaptionTrainDataset`'s
     order (``captions_per_image="all"``), or images with the caption picked by the sampler
@@ -223,7 +224,9 @@ class ResidentTrainBatches(Dataset):
         """As :meth:`CaptionTrainDataset.captions_per_item`: the sampler picks the captions."""
         return self.counts.tolist() if self.one_per_image else None
 
-    def __getitem__(self, index: torch.Tensor | Sequence) -> dict:
+    def __getitem__(self, index: torch.Tensor | Sequence | int) -> dict:
+        if isinstance(index, int) or (isinstance(index, tuple) and len(index) == 2):
+            return self._item(index)
         index = torch.as_tensor(index, dtype=torch.long)
         if index.dim() == 2:  # (image, caption number) pairs drawn by the sampler
             images = index[:, 0]
@@ -247,6 +250,26 @@ class ResidentTrainBatches(Dataset):
             "references": [list(self.captions[n]) for n in names],
         }
 
+    def _item(self, index: int | tuple[int, int]) -> dict:
+        """One item as :class:`~imgcap.data.datasets.CaptionTrainDataset` gives it (the same
+        random caption draw for an image index with one caption per image)."""
+        if isinstance(index, tuple):
+            image, k = int(index[0]), int(index[1])
+        elif self.one_per_image:
+            image = index
+            k = int(torch.randint(int(self.counts[image]), ()).item())
+        else:
+            image = int(self.caption_image[index])
+            k = index - int(self.offsets[image])
+        row = int(self.offsets[image]) + k
+        name = self.image_ids[image]
+        return {
+            "features": self.features.gather(torch.tensor([image]))[0],
+            "caption": self.tokens[row, : int(self.lengths[row])],
+            "image_id": name,
+            "references": list(self.captions[name]),
+        }
+
 
 class ResidentEvalBatches(Dataset):
     """Validation/test batches by index: ``dataset[indices]`` -> the batch of ``collate_eval``."""
@@ -264,7 +287,14 @@ class ResidentEvalBatches(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, index: torch.Tensor | Sequence) -> dict:
+    def __getitem__(self, index: torch.Tensor | Sequence | int) -> dict:
+        if isinstance(index, int):  # one item, as CaptionEvalDataset gives it
+            name = self.image_ids[index]
+            return {
+                "features": self.features.gather(torch.tensor([index]))[0],
+                "references": list(self.captions[name]),
+                "image_id": name,
+            }
         index = torch.as_tensor(index, dtype=torch.long)
         names = [self.image_ids[i] for i in index.tolist()]
         return {
