@@ -9,6 +9,8 @@ CPU (always):
   beam_batched_vs_per_image beam search k=3 over a batch vs one image at a time
   beam_outputs_identical    both give the same captions
   cache_vs_no_cache         one epoch of data + frozen encoder without / with the feature cache
+  cpu_epoch_data_overhead   an epoch of decoder steps on resident cached features / the same
+                            steps on synthetic tensors (benchmarks/resident.py)
 GPU (when CUDA is available; names start with gpu_):
   gpu_train_step_vs_reference_b32/_b128  as above on the GPU, bf16 autocast (target >= 4)
   gpu_cache_vs_resnet_forward            feature-cache build rate / bare ResNet-50 forward rate,
@@ -17,6 +19,9 @@ GPU (when CUDA is available; names start with gpu_):
                                          forward + backward alone (target <= 1.5)
   gpu_full_run_minutes_estimate          cache + 30 epochs + beam-3 validation each epoch + test
                                          on a Flickr8k-sized set, extrapolated (target <= 10)
+  gpu_epoch_data_overhead                an epoch of graphed B=64 steps on resident features
+                                         (data.resident=device) / the same steps on synthetic
+                                         tensors (target <= 1.3); null without CUDA
 
 Needs only torch, torchvision, numpy and lightning (no Hydra, W&B or pycocoevalcap), so it runs
 on a bare GPU machine with the repository on PYTHONPATH. --smoke shrinks every size to check the
@@ -410,12 +415,21 @@ def main() -> None:
             round(r["ratio"], 1),
             f"{r['ratio']:.1f}x  (epoch {r['without_s']:.2f}s -> {r['with_s']:.3f}s, build {r['build_s']:.2f}s)",
         )
+        from benchmarks.resident import epoch_data_overhead
+
+        r = epoch_data_overhead(cpu, size, 16 if smoke else 64, 32, reps)
+        report(
+            "cpu_epoch_data_overhead",
+            round(r["ratio"], 3),
+            f"{r['ratio']:.3f}x  ({r['steps']} steps of B=32; seconds {r['seconds']})",
+        )
 
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
     if gpu is None and args.gpu_sections_on_cpu:
         gpu = cpu
     if gpu is None:
         report("device", "cpu", "no CUDA device: GPU sections skipped")
+        report("gpu_epoch_data_overhead", None, "unmeasured (no CUDA device)")
     else:
         name = torch.cuda.get_device_name(gpu) if gpu.type == "cuda" else "cpu (smoke)"
         report("device", name, name)
@@ -457,6 +471,14 @@ def main() -> None:
         out["gpu_beam3_images_per_s"] = round(b["images_per_s"]["batched"], 1)
         data = gpu_data_rates(gpu, 64 if smoke else 2000, arch, px, workers=2 if smoke else 12)
         out["gpu_data_rates"] = {k: round(v, 1) for k, v in data.items()}
+        from benchmarks.resident import epoch_data_overhead
+
+        r = epoch_data_overhead(gpu, size, 64 if smoke else 2000, RUN["batch"], 3)
+        report(
+            "gpu_epoch_data_overhead",
+            round(r["ratio"], 3),
+            f"{r['ratio']:.3f}x  ({r['steps']} steps of B={RUN['batch']}; seconds {r['seconds']})",
+        )
         r = gpu_full_run(
             steps[64]["ms"]["imgcap"],
             b["images_per_s"]["batched"],
