@@ -399,7 +399,9 @@ class CaptionDataModule(L.LightningDataModule):
                 )
             store = self._feature_store(split)
             placement = self._placement
-            if store.resident is not None and placement is not None and placement.mode != "off":
+            if placement is not None and placement.mode != "off":
+                # (a store that travelled to another process left its memory copy behind)
+                store.keep_in_memory(placement.keep_on, placement.pin)
                 features = ResidentFeatures(store.resident, placement.device)
                 if train:
                     return ResidentTrainBatches(

@@ -7,7 +7,7 @@ resizes and normalises one image at a time in Python. Here:
   GIL) by a thread pool, one batch ahead of the encoder;
 * on CUDA, JPEGs are decoded in batches by ``torchvision.io.decode_jpeg(..., device="cuda")``
   (nvJPEG); files it does not take (progressive, grayscale, CMYK, Adobe RGB, other formats,
-  or a batch it refuses) are decoded one by one by Pillow, the existing path, whose
+  or a file it refuses) are decoded one by one by Pillow, the existing path, whose
   :class:`~imgcap.errors.DataError` names a bad file as before;
 * resize ("shorter side to S" with antialiasing), centre crop and normalisation run batched on
   the device, images of equal size together.
@@ -234,8 +234,8 @@ class ImageBatches:
             inputs = [torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i in on_gpu]
             try:
                 decoded = decode_jpeg(inputs, mode=ImageReadMode.RGB, device=self.device)
-            except RuntimeError:
-                decoded = [None] * len(on_gpu)  # one file spoilt the batch: Pillow for all
+            except Exception:  # a file spoilt the batch: find it, one file at a time
+                decoded = [self._gpu_decode_one(x) for x in inputs]
             for i, img in zip(on_gpu, decoded, strict=True):
                 images[i] = img
         for i, img in enumerate(images):
@@ -243,3 +243,12 @@ class ImageBatches:
                 self.gpu_fallbacks += 1
                 images[i] = _pil_full(paths[i]).to(self.device, non_blocking=True)
         return resize_crop_batch(images, self.image_size)
+
+    def _gpu_decode_one(self, data: torch.Tensor) -> torch.Tensor | None:
+        """One file on the GPU, or None when nvJPEG refuses it (then Pillow decodes it)."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        except Exception:
+            return None
