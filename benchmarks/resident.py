@@ -47,7 +47,10 @@ def resident_set(n_images: int, size: dict, device: torch.device, captions: int 
             )
             for n in words
         ]
-    features = torch.randn(n_images, size["P"], size["C"], generator=g).half().to(device)
+    on_device = torch.Generator(device=device).manual_seed(0)  # no host copy of the set
+    features = torch.randn(
+        n_images, size["P"], size["C"], generator=on_device, device=device, dtype=torch.float16
+    )
     return ResidentTrainBatches(ids, texts, vocab, ResidentFeatures(features, device))
 
 
