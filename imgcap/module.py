@@ -105,12 +105,12 @@ class CaptioningModule(L.LightningModule):
         if built_encoder is None:
             built_encoder = build_encoder(encoded_size=encoded_size, **encoder_cfg)
         elif (built_encoder.arch, built_encoder.encoded_size) != (
-            encoder_cfg.get("arch"),
+            encoder_cfg.get("arch", "resnet50"),
             encoded_size,
         ):
             raise ConfigError(
                 f"the given encoder ({built_encoder.arch}, grid {built_encoder.encoded_size}) is "
-                f"not the one model.encoder describes ({encoder_cfg.get('arch')}, grid {encoded_size})"
+                f"not the one model.encoder describes ({encoder_cfg.get('arch', 'resnet50')}, grid {encoded_size})"
             )
         self.encoder = built_encoder
         self.decoder = build_decoder(decoder, len(self.vocab), self.encoder.out_dim)
