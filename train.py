@@ -6,14 +6,13 @@ import hydra
 from omegaconf import DictConfig
 
 from imgcap import tasks
-from imgcap.cli import moved_setting, prepare_environment, run_task
+from imgcap.cli import prepare_environment, run_task
+from imgcap.config_aliases import canonical_overrides
 from imgcap.resume import resume_arguments
 
 prepare_environment(__file__)
-moved = moved_setting(sys.argv[1:])
-if moved:  # e.g. model.attention_dim=256, from before the decoder got its own config group
-    print(moved, file=sys.stderr)
-    sys.exit(2)
+# The design card's flat keys (model.attention_dim=512) name where the setting lives now.
+sys.argv[1:] = canonical_overrides(sys.argv[1:])
 # `ckpt_path=` alone resumes the run it came from, in its own directory.
 sys.argv[1:] = resume_arguments(sys.argv[1:])
 

@@ -11,6 +11,12 @@ CPU (always):
   cache_vs_no_cache         one epoch of data + frozen encoder without / with the feature cache
   cpu_epoch_data_overhead   an epoch of decoder steps on resident cached features / the same
                             steps on synthetic tensors (benchmarks/resident.py)
+CPU scoring (always, also with --gpu-only; needs pycocoevalcap, else reported as skipped):
+  val_scoring_seconds_1000      seconds to score 1000 images x 5 references per validation epoch
+                                with the fast back end (benchmarks/scoring.py; real captions when
+                                IMGCAP_FLICKR8K_SAMPLE is set)
+  val_scoring_vs_pycocoevalcap  compute_caption_metrics(meteor=False) time / that (target >= 5);
+                                val_scoring has the first call of a process and the check to 1e-6
 GPU (when CUDA is available; names start with gpu_):
   gpu_train_step_vs_reference_b32/_b128  as above on the GPU, bf16 autocast (target >= 4)
   gpu_cache_vs_resnet_forward            feature-cache build rate / bare ResNet-50 forward rate,
@@ -22,9 +28,13 @@ GPU (when CUDA is available; names start with gpu_):
   gpu_epoch_data_overhead                an epoch of graphed B=64 steps on resident features
                                          (data.resident=device) / the same steps on synthetic
                                          tensors (target <= 1.3); null without CUDA
+Whole trial (measured by benchmarks/gpu_trial.sh, read with --gpu-trial-json PATH; else null):
+  gpu_trial_minutes                      experiment=flickr8k, 30 epochs, on a generated
+                                         Flickr8k-sized set: command to metrics.json (<= 10)
+  gpu_trial_breakdown                    seconds per phase of that run (imgcap/phase_timing.py)
 
-Needs only torch, torchvision, numpy and lightning (no Hydra, W&B or pycocoevalcap), so it runs
-on a bare GPU machine with the repository on PYTHONPATH. --smoke shrinks every size to check the
+Needs only torch, torchvision, numpy and lightning (no Hydra or W&B; pycocoevalcap for the
+scoring section alone), so it runs on a bare GPU machine with the repository on PYTHONPATH. --smoke shrinks every size to check the
 script itself in seconds; --gpu-sections-on-cpu runs the GPU sections on the CPU (smoke only).
 """
 
@@ -363,7 +373,51 @@ def gpu_full_run(
     }
 
 
+# ---------------------------------------------------------------------------------- scoring
+def val_scoring(smoke: bool) -> dict | None:
+    """benchmarks/scoring.py's measurement, or None where pycocoevalcap is missing."""
+    try:
+        from benchmarks.scoring import measure
+    except ImportError:
+        return None
+    return measure(images=50 if smoke else 1000, reps=1 if smoke else 3)
+
+
 # ---------------------------------------------------------------------------------- main
+def gpu_trial(path: str | None) -> dict[str, object]:
+    """The whole-trial figures from ``benchmarks/gpu_trial.sh``'s JSON, or nulls with a note:
+    a trial takes minutes on a GPU, so it is a script of its own and not rerun here."""
+    if not path:
+        return {
+            "gpu_trial_minutes": None,
+            "gpu_trial_breakdown": None,
+            "note": "unmeasured: run benchmarks/gpu_trial.sh on a GPU, then --gpu-trial-json",
+            "text": "unmeasured (no --gpu-trial-json)",
+        }
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"error: --gpu-trial-json {path}: cannot read it ({e})") from None
+    minutes = data.get("gpu_trial_minutes")
+    where = f"{data.get('device')}, {data.get('images')} images, {data.get('epochs')} epochs"
+    notes = []
+    if minutes is None:
+        state = "was cut off" if data.get("cut_off") else "did not finish"
+        notes.append(f"the trial {state} (the breakdown is as far as it got)")
+        text = f"null: the trial {state} ({where})"
+    else:
+        text = f"{minutes:.2f} min  ({where}; from {path})"
+    full = data.get("images") == 8091 and data.get("epochs") == 30
+    if not full or data.get("device") in ("cpu", "unknown", None):
+        notes.append(f"not the full GPU trial: {where}")
+    return {
+        "gpu_trial_minutes": minutes,
+        "gpu_trial_breakdown": data.get("gpu_trial_breakdown"),
+        "note": "; ".join(notes) or None,
+        "text": text,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
@@ -380,7 +434,14 @@ def main() -> None:
         help="pycocoevalcap scoring of 1000 captions with METEOR (not importable on a bare GPU "
         "machine, so an assumed figure: override it with a time measured on your machine)",
     )
+    parser.add_argument(
+        "--gpu-trial-json",
+        default=None,
+        help="gpu_trial.json written by benchmarks/gpu_trial.sh: its gpu_trial_minutes and "
+        "gpu_trial_breakdown are carried into this JSON (null without it: unmeasured)",
+    )
     args = parser.parse_args()
+    trial = gpu_trial(args.gpu_trial_json)  # a bad path fails now, not after the benchmarks
     smoke = args.smoke
     size = SMOKE if smoke else FULL
     cpu = torch.device("cpu")
@@ -423,6 +484,28 @@ def main() -> None:
             round(r["ratio"], 3),
             f"{r['ratio']:.3f}x  ({r['steps']} steps of B=32; seconds {r['seconds']})",
         )
+
+    scoring = val_scoring(smoke)
+    if scoring is None:
+        report("val_scoring_seconds_1000", None, "skipped: pycocoevalcap is not installed")
+        report("val_scoring_vs_pycocoevalcap", None, "skipped: pycocoevalcap is not installed")
+    else:
+        sec = scoring["seconds"]
+        report(
+            "val_scoring_seconds_1000",
+            sec["fast_per_epoch"],
+            f"{sec['fast_per_epoch']:.3f} s per epoch  ({scoring['images']} images x 5 refs, "
+            f"{scoring['captions']}; first call of a process {sec['fast_first_call']:.3f} s; "
+            f"Java {scoring['java']})",
+        )
+        report(
+            "val_scoring_vs_pycocoevalcap",
+            scoring["per_epoch_vs_pycocoevalcap"],
+            f"{scoring['per_epoch_vs_pycocoevalcap']:.1f}x  (pycocoevalcap {sec['pycocoevalcap']:.3f}"
+            f" s; first call {scoring['first_call_vs_pycocoevalcap']:.1f}x; max |difference| "
+            f"{scoring['max_abs_difference']:.2g})",
+        )
+        out["val_scoring"] = scoring
 
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
     if gpu is None and args.gpu_sections_on_cpu:
@@ -494,6 +577,10 @@ def main() -> None:
             f" {RUN['batch']}; cache {data['cache_img_s']:.0f} img/s incl. JPEG decode, cached"
             f" loader {data['loader_captions_s']:.0f} captions/s)",
         )
+    report("gpu_trial_minutes", trial["gpu_trial_minutes"], trial["text"])
+    out["gpu_trial_breakdown"] = trial["gpu_trial_breakdown"]
+    if trial.get("note"):
+        out["gpu_trial_note"] = trial["note"]
     out["seconds"] = round(time.perf_counter() - t_start, 1)
     if args.json:
         print(json.dumps(out, default=str))

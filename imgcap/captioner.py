@@ -45,7 +45,10 @@ class Caption:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> CUDA when available, else MPS when available, else CPU."""
+    """``None``/"auto" -> CUDA when available, else MPS when available, else CPU.
+
+    A named CUDA or MPS device that this machine lacks is a one-line :class:`ConfigError`
+    (found before any checkpoint is read, whose loading would fail less clearly)."""
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -55,7 +58,35 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cpu")
     if str(device) == "gpu":
         device = "cuda"
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(
+            f"device={str(device)!r} is not a device ({err}); use 'auto', 'cpu', 'cuda' or 'mps'"
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        why = (
+            "this PyTorch is built without CUDA"
+            if torch.version.cuda is None
+            else "no CUDA GPU is visible (driver, CUDA_VISIBLE_DEVICES)"
+        )
+        raise ConfigError(
+            f"device={str(device)!r} but CUDA is not available: {why}; use device='cpu' "
+            "(accelerator=cpu in the scripts) or 'auto'"
+        )
+    if resolved.type == "cuda" and resolved.index is not None:
+        if resolved.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={str(device)!r} but this machine has {torch.cuda.device_count()} CUDA "
+                "device(s); use a smaller index or device='cuda'"
+            )
+    mps = getattr(torch.backends, "mps", None)
+    if resolved.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ConfigError(
+            f"device={str(device)!r} but MPS (Apple GPU) is not available on this machine; "
+            "use device='cpu' or 'auto'"
+        )
+    return resolved
 
 
 def check_beam_size(value: Any) -> int:

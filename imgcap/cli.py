@@ -52,33 +52,6 @@ def prepare_environment(script: str) -> None:
     silence_noise()
 
 
-# Settings that moved when the decoder and the objective became config groups of their own.
-MOVED_SETTINGS = {
-    **{
-        f"model.{key}": f"model.decoder.{key}"
-        for key in ("attention_dim", "embed_dim", "decoder_dim", "dropout", "deep_output")
-    },
-    "model.decoder_unroll": "model.decoder.unroll",
-    "model.alpha_c": "model.objective.alpha_c",
-}
-
-
-def moved_setting(args: list[str]) -> str | None:
-    """One error line when a command-line override names a setting by its old place
-    (``model.attention_dim=256`` is now ``model.decoder.attention_dim=256``), else None.
-    Hydra would only say the key is not in the config."""
-    for arg in args:
-        key = arg.split("=", 1)[0].lstrip("+~")
-        if key in MOVED_SETTINGS:
-            value = arg.split("=", 1)[1] if "=" in arg else "..."
-            return (
-                f"error: {key} is now {MOVED_SETTINGS[key]} (decoder settings live under "
-                f"model.decoder, the loss's under model.objective): use "
-                f"{MOVED_SETTINGS[key]}={value}"
-            )
-    return None
-
-
 def is_rank_zero() -> bool:
     """False in the extra processes of a multi-process (DDP) run."""
     return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))

@@ -62,6 +62,19 @@ _POSITIVE_INTS = (
 )
 
 
+def _check_plugin_settings(model: DictConfig) -> None:
+    from imgcap.models import DECODERS
+    from imgcap.objectives import OBJECTIVES
+
+    for key, registry, fixed in (
+        ("decoder", DECODERS, ("vocab_size", "encoder_dim")),
+        ("objective", OBJECTIVES, ()),
+    ):
+        node = model.get(key)
+        if OmegaConf.is_dict(node) and node.get("name"):
+            registry.check(OmegaConf.to_container(node, resolve=True), *fixed)
+
+
 def check_model_config(cfg: DictConfig) -> None:
     """``cfg`` is the run config (with ``model``); raises ConfigError naming the first bad key."""
     model = cfg.get("model")
@@ -70,6 +83,9 @@ def check_model_config(cfg: DictConfig) -> None:
     for key in ("encoded_size", "beam_size", "max_len"):
         if key in model:
             _int(cfg, f"model.{key}", 1)
+    # A setting the selected decoder or objective does not take (e.g. the card's
+    # model.attention_dim with model/decoder=transformer) is refused before any work.
+    _check_plugin_settings(model)
     # Sizes of the decoders and objectives imgcap ships; others check their own settings.
     for key in _POSITIVE_INTS:
         if _has(model, key):

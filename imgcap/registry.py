@@ -14,6 +14,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from imgcap.config_aliases import alias_of
 from imgcap.errors import ConfigError
 
 
@@ -61,23 +62,35 @@ class Registry:
             "or give package.module:Class"
         )
 
+    def check(self, config: Mapping[str, Any], *fixed: str) -> None:
+        """Raise a one-line ConfigError when ``config`` names no known class or holds a setting
+        its class does not take. ``fixed`` names the arguments the program supplies.
+
+        Runs once when the config is checked, before any data is read, and again in
+        :meth:`build` for configs that never went through the checks (checkpoints, tests)."""
+        settings = dict(config)
+        name = settings.pop("name", None)
+        if not name:
+            raise ConfigError(f"{self.config_key} needs a name (one of {self.names()})")
+        params = inspect.signature(self.get(str(name)).__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        accepted = [p for p in params if p != "self" and p not in fixed]
+        unknown = sorted(set(settings) - set(accepted))
+        if unknown:
+            key = f"{self.config_key}.{unknown[0]}"
+            old = alias_of(key)
+            spelled = f"{old} (= {key})" if old else key
+            raise ConfigError(
+                f"{spelled} is not a setting of the {name} {self.kind}; its settings are {accepted}"
+            )
+
     def build(self, config: Mapping[str, Any], **fixed: Any) -> Any:
         """``{"name": ..., **settings}`` -> an instance, with ``fixed`` arguments added.
 
         A setting the class does not take is a one-line ConfigError naming it and the ones
         it does take."""
+        self.check(config, *fixed)
         settings = dict(config)
-        name = settings.pop("name", None)
-        if not name:
-            raise ConfigError(f"{self.config_key} needs a name (one of {self.names()})")
-        cls = self.get(str(name))
-        params = inspect.signature(cls.__init__).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        accepted = [p for p in params if p != "self" and p not in fixed]
-        unknown = sorted(set(settings) - set(accepted))
-        if unknown and not takes_any:
-            raise ConfigError(
-                f"{self.config_key}.{unknown[0]} is not a setting of the {name} {self.kind}; "
-                f"its settings are {accepted}"
-            )
+        cls = self.get(str(settings.pop("name")))
         return cls(**fixed, **settings)

@@ -7,11 +7,15 @@
 * SIGTERM (what SLURM sends before a job's time is up) and SIGINT (Ctrl-C) stop training at
   the next batch boundary, save ``checkpoints/on_exception.ckpt``, print the command that
   resumes, and exit with status 128 + the signal number. A second signal stops at once.
+* A DataLoader worker killed by a signal from outside (SIGTERM sent to the worker alone, the
+  out-of-memory killer...) ends the run the same way: :func:`killed_worker_signal` recognises
+  PyTorch's error for it, and the training task reports it like Ctrl-C.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +129,35 @@ def resume_config(cfg: DictConfig) -> DictConfig:
         resumed.ckpt_path = ckpt_path
         resumed.paths.output_dir = str(run_dir)
     return resumed
+
+
+# PyTorch's words when a loader worker dies of a signal ("... is killed by signal: Terminated.")
+# or disappears ("DataLoader worker (pid(s) 123) exited unexpectedly").
+_WORKER_KILLED = re.compile(r"DataLoader worker \(pid[^)]*\) is killed by signal: ([^.]+)\.")
+_WORKER_GONE = re.compile(r"DataLoader worker \(pid\(s\)[^)]*\) exited unexpectedly")
+
+
+def killed_worker_signal(err: BaseException) -> int | None:
+    """The signal that killed a DataLoader worker when ``err`` (or an exception it was raised
+    from) is PyTorch's report of it, else None. A worker that vanished without a signal named
+    counts as SIGTERM."""
+    by_text = {}
+    for sig in signal.Signals:
+        text = signal.strsignal(sig)
+        if text:
+            by_text[text.strip()] = int(sig)
+    gone = False
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, RuntimeError):
+            found = _WORKER_KILLED.search(str(err))
+            if found:
+                name = found.group(1).strip()
+                return by_text.get(name, int(getattr(signal.Signals, name, signal.SIGTERM)))
+            gone = gone or bool(_WORKER_GONE.search(str(err)))
+        err = err.__cause__ or err.__context__
+    return int(signal.SIGTERM) if gone else None
 
 
 class SignalStop:

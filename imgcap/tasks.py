@@ -43,7 +43,8 @@ from imgcap.loggers import (
     parameter_counts,
 )
 from imgcap.metrics import compute_caption_metrics, scoring_info
-from imgcap.resume import job_overrides, resume_config, signal_stop
+from imgcap.phase_timing import find_phase_timer
+from imgcap.resume import job_overrides, killed_worker_signal, resume_config, signal_stop
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -222,6 +223,13 @@ def train(cfg: DictConfig) -> float | None:
                     metrics.update({f"test/{k}": v for k, v in test_scores.items()})
             except (SystemExit, KeyboardInterrupt) as err:
                 raise interrupted(trainer, stop, output_dir) from err
+            except RuntimeError as err:
+                # A loader worker killed from outside: the checkpoint is saved as for Ctrl-C.
+                signum = stop.signum or killed_worker_signal(err)
+                if signum is None:
+                    raise
+                stop.signum = signum
+                raise interrupted(trainer, stop, output_dir) from err
         metrics["best_checkpoint"] = best_path or None
         metrics["epochs"] = trainer.current_epoch
         scored = model.latest_scores.get("test") or model.latest_scores.get("val")
@@ -236,6 +244,9 @@ def train(cfg: DictConfig) -> float | None:
                 "model_params": params,
             }
         )
+        timer = find_phase_timer(trainer)
+        if timer is not None:  # the breakdown up to here (also in timings.json)
+            metrics["timings"] = timer.finish()
         if trainer.is_global_zero:
             write_json(output_dir / "metrics.json", metrics)
             summary = {k: v for k, v in metrics.items() if k.startswith("test/")}
@@ -304,6 +315,18 @@ def beam_sizes(value: Any, default: int) -> list[int]:
     return sizes
 
 
+def checkpoint_argument(cfg: DictConfig) -> str:
+    """The checkpoint to evaluate: ``ckpt=`` or its other spelling ``ckpt_path=``, exactly one."""
+    given = {k: cfg.get(k) for k in ("ckpt", "ckpt_path") if cfg.get(k) not in (None, "", "???")}
+    if len(given) != 1:
+        what = "both ckpt= and ckpt_path=" if given else "no checkpoint"
+        raise ConfigError(
+            f"evaluate.py got {what}: give one, e.g. ckpt=outputs/train/runs/<date>/<time>/"
+            "checkpoints/best.ckpt (ckpt_path= is the same setting)"
+        )
+    return str(next(iter(given.values())))
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score a checkpoint on a split with one or more beam sizes, in one pass over the encoder.
 
@@ -321,7 +344,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = cfg.split
     if split not in ("val", "test"):
         raise ConfigError(f"split={split!r} is not one of val, test")
-    captioner = Captioner.from_checkpoint(cfg.ckpt, device=cfg.accelerator)
+    ckpt = checkpoint_argument(cfg)
+    captioner = Captioner.from_checkpoint(ckpt, device=cfg.accelerator)
     model, run_config, device = captioner.model, captioner.run_config, captioner.device
     beams = beam_sizes(cfg.beam_size, default=model.hparams.beam_size)
 
@@ -333,7 +357,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     data_cfg.quiet = bool(cfg.get("quiet", False))
     if cfg.batch_size:
         data_cfg.eval_batch_size = cfg.batch_size
-    datamodule = instantiate(data_cfg)
+    datamodule = instantiate(data_cfg, check_splits=[split])  # only the images scored
     datamodule.vocab = model.vocab
     datamodule.prepare_data()
     datamodule.setup("test" if split == "test" else "validate")
@@ -361,10 +385,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     first = str(beams[0])
     metrics: dict[str, Any] = {f"{split}/{n}": v for n, v in by_beam[first].items()}
-    metrics.update({"beam_size": beams[0], "by_beam_size": by_beam, "ckpt": str(cfg.ckpt)})
+    metrics.update({"beam_size": beams[0], "by_beam_size": by_beam, "ckpt": ckpt})
     metrics.update(
         {
-            "checkpoint": str(Path(cfg.ckpt).expanduser().resolve()),
+            "checkpoint": str(Path(ckpt).expanduser().resolve()),
             "split": split,
             **datamodule.annotations.split_info(),
             "num_images": len(image_ids),
@@ -388,13 +412,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ]
     write_json(output_dir / "metrics.json", metrics)
     write_json(output_dir / "predictions.json", predictions)
+    dataset_ids = datamodule.annotations.dataset_ids  # e.g. COCO's own ids
     write_json(
         output_dir / "references_coco.json",
-        coco_references(image_ids, references, f"imgcap {split} references ({cfg.ckpt})"),
+        coco_references(image_ids, references, f"imgcap {split} references ({ckpt})", dataset_ids),
     )
     for k in beams:
         name = "results_coco.json" if k == beams[0] else f"results_coco_beam{k}.json"
-        write_json(output_dir / name, coco_results(image_ids, hypotheses[k]))
+        write_json(output_dir / name, coco_results(image_ids, hypotheses[k], dataset_ids))
     for k in beams:
         print(
             format_scores(

@@ -10,6 +10,13 @@ import pytest
 from imgcap.data.shapes import generate_shapes
 
 
+@pytest.fixture(autouse=True)
+def _user_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """Data modules built without a cache_dir use the user's cache folder: a temporary one here,
+    so tests leave nothing in the home directory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user_cache")))
+
+
 @pytest.fixture(scope="session")
 def flickr8k_sample() -> Path:
     """The 160-image Flickr8k sample named by IMGCAP_FLICKR8K_SAMPLE (read-only; skip when unset)."""

@@ -247,3 +247,51 @@ def test_evaluate_takes_data_root_from_the_command_line(trained, tmp_path):
         assert metrics["num_images"] == 6 and str(moved) in metrics["caption_file"]
     finally:
         shutil.copytree(moved, trained.parent / "data" / "shapes")
+
+
+def test_evaluate_accepts_ckpt_path_and_checks_only_the_scored_images(trained, tmp_path):
+    """``ckpt_path=`` works like ``ckpt=``; a broken training image does not stop scoring the
+    test split (only the scored images are checked)."""
+    copy = tmp_path / "shapes"
+    shutil.copytree(trained.parent / "data" / "shapes", copy)
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    cfg = compose_config(
+        tmp_path,
+        "evaluate",
+        [f"ckpt_path={ckpt}", f"data.root={copy}", "num_workers=0", "meteor=false"],
+    )
+    train_image = copy / "Images" / cfg_train_image(copy)
+    train_image.write_bytes(train_image.read_bytes()[:100])  # truncated: fails the check
+    metrics = tasks.evaluate(cfg)
+    assert metrics["num_images"] == 6 and metrics["checkpoint"] == str(ckpt.resolve())
+    # Scoring the split that holds the broken image still reports it in one line.
+    cfg.split = "val"
+    train_list = (copy / "Flickr8k_text" / "Flickr_8k.trainImages.txt").read_text().split()
+    (copy / "Flickr8k_text" / "Flickr_8k.devImages.txt").write_text(train_image.name + "\n")
+    (copy / "Flickr8k_text" / "Flickr_8k.trainImages.txt").write_text(
+        "\n".join(train_list[1:]) + "\n"
+    )
+    with pytest.raises(DataError, match=train_image.name):
+        tasks.evaluate(cfg)
+
+
+def cfg_train_image(root: Path) -> str:
+    """The first training image of a shapes set (official split lists in its root)."""
+    return (root / "Flickr8k_text" / "Flickr_8k.trainImages.txt").read_text().split()[0]
+
+
+@pytest.mark.parametrize("given", [["ckpt=a.ckpt", "ckpt_path=b.ckpt"], []])
+def test_evaluate_wants_exactly_one_checkpoint(tmp_path, given):
+    cfg = compose_config(tmp_path, "evaluate", given)
+    with pytest.raises(ConfigError, match=r"ckpt=.*ckpt_path="):
+        tasks.evaluate(cfg)
+
+
+def test_cuda_on_a_machine_without_it_says_so(trained, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    for device in ("cuda", "gpu", "cuda:0"):
+        with pytest.raises(ConfigError, match="CUDA is not available") as err:
+            Captioner.from_checkpoint(ckpt, device=device)
+        assert "truncated" not in str(err.value) and "\n" not in str(err.value)
+    assert Captioner.from_checkpoint(ckpt, device="cpu").device.type == "cpu"

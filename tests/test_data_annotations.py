@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from imgcap.data.annotations import detect_layout, load_annotations, seeded_split, split_sizes
+from imgcap.data.cache_location import default_cache_dir
 from imgcap.data.datamodule import CaptionDataModule
 from imgcap.data.vocab import Vocabulary
 from imgcap.errors import DataError
@@ -86,7 +87,9 @@ def test_sample_layouts_agree(flickr8k_sample: Path, tmp_path: Path) -> None:
         dm = CaptionDataModule(root=str(root), min_word_freq=2, quiet=True)
         dm.setup("validate")
         vocabs.append(dm.vocab)
-        assert (root / ".imgcap_cache").is_dir(), name
+        # The cache goes to the user's cache folder, never into the dataset folder.
+        assert dm.vocab_path().is_file() and dm.cache_dir == default_cache_dir(), name
+        assert not (root / ".imgcap_cache").exists(), name
     assert vocabs[0] == vocabs[1] and len(vocabs[0]) > 50
 
 
@@ -303,7 +306,7 @@ def test_truncated_jpeg_error_and_skip(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         CaptionDataModule(root=str(tmp_path), quiet=True, min_word_freq=1).setup("fit")
     assert names[2] in str(err.value) and "bad_images=skip" in str(err.value)
-    assert not (tmp_path / ".imgcap_cache").exists()  # nothing written by the failed run
+    assert not default_cache_dir().exists()  # nothing written by the failed run
 
     dm = CaptionDataModule(root=str(tmp_path), quiet=True, min_word_freq=1, bad_images="skip")
     with pytest.warns(UserWarning, match=names[2]):
@@ -324,4 +327,4 @@ def test_failed_run_keeps_earlier_vocabulary(tmp_path: Path) -> None:
         CaptionDataModule(root=str(tmp_path), quiet=True, min_word_freq=1).prepare_data()
     assert vocab_file.read_bytes() == before
     assert Vocabulary.load(vocab_file) == dm.vocab
-    assert [p.name for p in (tmp_path / ".imgcap_cache").iterdir()] == [vocab_file.name]
+    assert [p.name for p in default_cache_dir().iterdir()] == [vocab_file.name]

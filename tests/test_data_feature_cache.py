@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from imgcap.data.cache_location import dataset_identity
 from imgcap.data.datamodule import CaptionDataModule
 from imgcap.data.feature_cache import (
     build_feature_cache,
@@ -85,20 +87,48 @@ def test_changed_encoder_config_rebuilds(shapes_root: Path, tmp_path: Path) -> N
 def test_mismatched_cache_is_not_used(shapes_root: Path, tmp_path: Path) -> None:
     dm = make_dm(shapes_root, tmp_path, CountingEncoder(), {"arch": "counting", "grid": 2})
     ids = dm.annotations.splits["val"]
+    ds = dataset_identity(dm.annotations.image_dir, ids)
     key_a, key_b = {"arch": "counting", "grid": 2}, {"arch": "counting", "grid": 3}
-    assert load_feature_cache(tmp_path, ids, key_a, 32) is not None
+    assert load_feature_cache(tmp_path, ids, key_a, 32, dataset=ds) is not None
     # Plant config A's files under config B's names: the stored key must give it away.
-    src = paths_for(tmp_path, cache_key(ids, key_a, 32))
-    dst = paths_for(tmp_path, cache_key(ids, key_b, 32))
+    src = paths_for(tmp_path, cache_key(ids, key_a, 32, ds))
+    dst = paths_for(tmp_path, cache_key(ids, key_b, 32, ds))
     for s, d in zip(src, dst, strict=True):
         shutil.copy(s, d)
-    assert load_feature_cache(tmp_path, ids, key_b, 32) is None
-    assert load_feature_cache(tmp_path, ids, key_a, 64) is None  # other image size
-    assert load_feature_cache(tmp_path, ids[:-1], key_a, 32) is None  # other images
+    assert load_feature_cache(tmp_path, ids, key_b, 32, dataset=ds) is None
+    assert load_feature_cache(tmp_path, ids, key_a, 64, dataset=ds) is None  # other image size
+    assert load_feature_cache(tmp_path, ids[:-1], key_a, 32, dataset=ds) is None  # other images
+    # The same ids and config in another dataset (folder or files) is another cache.
+    assert load_feature_cache(tmp_path, ids, key_a, 32) is None
+    other = {**ds, "image_dir": "/elsewhere"}
+    assert load_feature_cache(tmp_path, ids, key_a, 32, dataset=other) is None
     # A truncated/partial array under the right key is not trusted either.
     npy, _ = src
     npy.write_bytes(npy.read_bytes()[:-16])
-    assert load_feature_cache(tmp_path, ids, key_a, 32) is None
+    assert load_feature_cache(tmp_path, ids, key_a, 32, dataset=ds) is None
+
+
+def test_same_file_names_in_two_datasets_share_a_cache_folder_safely(
+    shapes_root: Path, tmp_path: Path
+) -> None:
+    """Two datasets with the same image names but other pixels, one cache folder: each gets
+    features of its own images (the key carries the dataset's folder and files)."""
+    twin = tmp_path / "twin"
+    shutil.copytree(shapes_root, twin)
+    for image in (twin / "Images").iterdir():  # same names, inverted pixels
+        inverted = Image.eval(Image.open(image).convert("RGB"), lambda v: 255 - v)
+        inverted.save(image)
+    key = {"arch": "counting", "grid": 2}
+    cache = tmp_path / "cache"
+    first = make_dm(shapes_root, cache, CountingEncoder(), key)
+    second = make_dm(twin, cache, CountingEncoder(), key)
+    name = first.annotations.splits["val"][0]
+    a = first.datasets["val"][0]
+    b = second.datasets["val"][0]
+    assert first.annotations.splits["val"][0] == second.annotations.splits["val"][0] == name
+    assert not torch.allclose(a["features"], b["features"])
+    assert len(list(cache.glob("features-*.npy"))) == 4  # (train, val) x two datasets
+    assert not (shapes_root / ".imgcap_cache").exists() and not (twin / ".imgcap_cache").exists()
 
 
 def test_cache_features_without_encoder_is_a_config_error(

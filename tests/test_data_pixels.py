@@ -97,8 +97,10 @@ def test_cpu_build_equals_the_per_image_build_and_shares_its_key(tmp_path: Path)
     assert (batched.array == per_image.array).all()
     # the Pillow path under either pipeline: one key, so either finds the other's cache
     assert load_feature_cache(tmp_path / "a", names, {"e": 1}, 32) is not None
-    assert cache_key(names, {"e": 1}, 32) == cache_key(names, {"e": 1}, 32, PIL_PATH)
-    assert cache_key(names, {"e": 1}, 32, GPU_PATH) != cache_key(names, {"e": 1}, 32, PIL_PATH)
+    assert cache_key(names, {"e": 1}, 32) == cache_key(names, {"e": 1}, 32, decode=PIL_PATH)
+    assert cache_key(names, {"e": 1}, 32, decode=GPU_PATH) != cache_key(
+        names, {"e": 1}, 32, decode=PIL_PATH
+    )
     assert load_feature_cache(tmp_path / "a", names, {"e": 1}, 32, decode=GPU_PATH) is None
 
 

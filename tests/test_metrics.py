@@ -425,3 +425,20 @@ def test_caption_metric_gathers_across_two_processes(tmp_path):
     for rank in range(2):
         scores = torch.load(tmp_path / f"rank{rank}.pt")
         assert scores == pytest.approx(expected, abs=1e-12)
+
+
+def test_meteor_says_what_it_scores(monkeypatch, caplog):
+    """The status line comes before the JVM starts (here it fails at once)."""
+    import logging
+    import subprocess
+
+    from imgcap.metrics import meteor
+
+    def no_java(*args, **kwargs):
+        raise OSError("java: not found")
+
+    monkeypatch.setattr(subprocess, "Popen", no_java)
+    gts = {i: ["a dog runs"] for i in range(3)}
+    with caplog.at_level(logging.INFO, logger="imgcap"), pytest.raises(OSError):
+        meteor.meteor_score(gts, {i: ["a dog"] for i in range(3)})
+    assert [r.getMessage() for r in caplog.records] == ["scoring METEOR on 3 captions (Java) ..."]

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -50,6 +51,31 @@ class SignalAt(L.Callback):
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         self._maybe(trainer, "val", batch_idx)
+
+
+class KillLoaderWorkerAt(L.Callback):
+    """SIGTERM to this process's DataLoader worker processes (not to the process itself) at a
+    training batch, as a job scheduler or an administrator might."""
+
+    def __init__(self, batch: int = 1) -> None:
+        self.batch = batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx != self.batch or trainer.current_epoch != 0:
+            return
+        me = str(os.getpid())
+        workers = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me:  # the parent pid: a worker this run forked
+                workers.append(int(stat.parent.name))
+        assert workers, "no loader worker to kill"
+        for pid in workers:
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(3)  # PyTorch's SIGCHLD handler raises in this process meanwhile
 
 
 class FailInValidation(L.Callback):
@@ -269,6 +295,29 @@ def test_sigterm_to_train_script_exits_143_and_resumes_from_ckpt_path_alone(tmp_
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and "test/BLEU-4" in metrics
     assert not (elsewhere / "outputs").exists()  # no second run directory
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds workers via /proc")
+def test_loader_worker_killed_from_outside_stops_like_ctrl_c(tmp_path, capsys):
+    cfg = compose_train(
+        tmp_path,
+        [
+            *TINY,
+            "trainer.max_epochs=2",
+            "logger=none",
+            "data.num_workers=1",
+            "data.preload=false",
+            "+callbacks.kill._target_=tests.test_reliability.KillLoaderWorkerAt",
+        ],
+    )
+    with pytest.raises(SystemExit) as stopped:
+        tasks.train(cfg)
+    assert stopped.value.code == 143
+    saved = Path(cfg.paths.output_dir) / "checkpoints" / "on_exception.ckpt"
+    lines = [line for line in capsys.readouterr().err.splitlines() if "interrupted" in line]
+    assert len(lines) == 1 and "SIGTERM" in lines[0], lines
+    assert f"Resume with: python train.py ckpt_path={saved}" in lines[0]
+    torch.load(saved, map_location="cpu", weights_only=True)
 
 
 # ---------------------------------------------------------------------------- exact resume

@@ -115,3 +115,72 @@ def test_ddp_sim_trains_two_processes_on_cpu(tmp_path):
     (run,) = (tmp_path / "outputs" / "train" / "runs").glob("*/*")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["split_sizes"]["test"] == 6 and "test/BLEU-4" in metrics
+
+
+# Small settings appended to the design card's lines so that each runs in seconds.
+CARD_SMALL = [
+    "experiment=demo",
+    "trainer.max_epochs=1",
+    "data.synthetic.num_images=60",
+    "test=false",
+    "print_config=false",
+    "callbacks.progress_bar=null",
+]
+
+
+@pytest.mark.slow
+def test_the_design_cards_lines_work_as_written(tmp_path):
+    # python train.py model.attention_dim=512
+    single = run_script(
+        [
+            str(REPO / "train.py"),
+            "model.attention_dim=512",
+            *CARD_SMALL,
+            f"paths.root_dir={tmp_path}",
+        ],
+        tmp_path,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    (run,) = (tmp_path / "outputs" / "train" / "runs").glob("*/*")
+    saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    assert saved["model"]["decoder"]["attention_dim"] == 512  # the real key, not the alias
+    assert "attention_dim" not in saved["model"]
+    # python train.py -m model.attention_dim=256,512
+    sweep = tmp_path / "sweep"
+    multi = run_script(
+        [
+            str(REPO / "train.py"),
+            "-m",
+            "model.attention_dim=256,512",
+            *CARD_SMALL,
+            f"paths.root_dir={tmp_path}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    sizes = sorted(
+        yaml.safe_load((sweep / job / ".hydra" / "config.yaml").read_text())["model"]["decoder"][
+            "attention_dim"
+        ]
+        for job in ("0", "1")
+    )
+    assert sizes == [256, 512]
+    # An alias the selected decoder does not have: one line, exit 2, before any work.
+    wrong = run_script(
+        [
+            str(REPO / "train.py"),
+            "model/decoder=transformer",
+            "model.attention_dim=512",
+            *CARD_SMALL,
+            f"paths.root_dir={tmp_path / 'wrong'}",
+        ],
+        tmp_path,
+    )
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip().splitlines() == [
+        "error: model.attention_dim (= model.decoder.attention_dim) is not a setting of the "
+        "transformer decoder; its settings are ['d_model', 'num_layers', 'num_heads', 'ff_dim', "
+        "'dropout', 'attention_dropout', 'max_len', 'tie_embeddings', 'region_positions']"
+    ]
+    assert not (tmp_path / "wrong" / "data").exists()  # refused before the data was generated

@@ -282,15 +282,49 @@ def test_settings_a_decoder_cannot_honour_are_refused_when_the_model_is_built():
     _toy_module(decoder={"name": "lstm_attention", "attention_dim": 8}, teacher_forcing_ratio=0.8)
 
 
-def test_a_setting_named_by_its_old_place_gets_the_new_one():
-    from imgcap.cli import moved_setting
+def test_the_design_cards_flat_keys_are_aliases_of_where_the_settings_live():
+    from imgcap.config_aliases import canonical_key, canonical_override, canonical_overrides
 
-    assert moved_setting(["experiment=demo", "model.decoder.attention_dim=64"]) is None
-    line = moved_setting(["experiment=demo", "model.attention_dim=64"])
-    assert line == (
-        "error: model.attention_dim is now model.decoder.attention_dim (decoder settings live "
-        "under model.decoder, the loss's under model.objective): use "
-        "model.decoder.attention_dim=64"
+    assert canonical_key("model.attention_dim") == "model.decoder.attention_dim"
+    assert canonical_key("model.decoder.attention_dim") == "model.decoder.attention_dim"
+    assert canonical_key("model.alpha_c") == "model.objective.alpha_c"
+    assert canonical_override("model.attention_dim=256,512") == (
+        "++model.decoder.attention_dim=256,512"
     )
-    assert "model.objective.alpha_c=0.5" in moved_setting(["model.alpha_c=0.5"])
-    assert "model.decoder.unroll=fixed" in moved_setting(["+model.decoder_unroll=fixed"])
+    assert canonical_override("+model.decoder_unroll=fixed") == "++model.decoder.unroll=fixed"
+    assert canonical_override("~model.alpha_c") == "~model.objective.alpha_c"
+    assert canonical_overrides(["-m", "experiment=demo", "model.embed_dim=64"]) == [
+        "-m",
+        "experiment=demo",
+        "++model.decoder.embed_dim=64",
+    ]
+
+
+def test_an_alias_composes_to_the_real_key_and_one_the_decoder_lacks_is_one_line(tmp_path):
+    from imgcap.config_aliases import canonical_overrides
+    from imgcap.config_checks import check_train_config
+    from tests.hydra_helpers import compose_train
+
+    cfg = compose_train(
+        tmp_path, canonical_overrides(["experiment=demo", "model.attention_dim=48"])
+    )
+    assert cfg.model.decoder.attention_dim == 48 and "attention_dim" not in cfg.model
+    check_train_config(cfg)
+    cfg = compose_train(
+        tmp_path,
+        canonical_overrides(
+            ["experiment=demo", "model/decoder=transformer", "model.attention_dim=48"]
+        ),
+    )
+    with pytest.raises(ConfigError) as err:
+        check_train_config(cfg)
+    assert str(err.value).startswith(
+        "model.attention_dim (= model.decoder.attention_dim) is not a setting of the transformer "
+        "decoder; its settings are ['d_model'"
+    )
+    cfg = compose_train(
+        tmp_path,
+        canonical_overrides(["experiment=demo", "model/objective=scst", "model.alpha_c=0.5"]),
+    )
+    with pytest.raises(ConfigError, match=r"model.alpha_c \(= model.objective.alpha_c\) is not"):
+        check_train_config(cfg)

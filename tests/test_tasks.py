@@ -97,6 +97,21 @@ def test_evaluate_scores_equal_a_direct_metric_computation(trained_run, tmp_path
     assert set(written["by_beam_size"]) == {"1", "3"}
 
 
+def test_val_scores_of_training_equal_evaluate_on_val(trained_run, tmp_path):
+    """The fast in-process validation scores (which pick the best checkpoint) are what
+    evaluate.py split=val reports with pycocoevalcap for that checkpoint."""
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    cfg = compose_config(
+        tmp_path, "evaluate", [f"ckpt={ckpt}", "split=val", "num_workers=0", "meteor=false"]
+    )
+    evaluated = tasks.evaluate(cfg)
+    assert evaluated["scoring"]["scorer"] == "pycocoevalcap"
+    assert metrics["val/BLEU-1"] > 0.0 and metrics["val/ROUGE-L"] > 0.0  # not trivially equal
+    for name in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"):
+        assert evaluated[f"val/{name}"] == pytest.approx(metrics[f"val/{name}"], abs=1e-6), name
+
+
 def test_caption_writes_attention_png(trained_run, tmp_path):
     images = sorted((trained_run.parent / "data" / "shapes" / "Images").glob("*.jpg"))[:2]
     cfg = compose_config(
@@ -371,6 +386,8 @@ def test_training_on_cached_features_never_runs_the_encoder_after_the_cache(tmp_
     # test before testing); every training, validation and test step reads cached features.
     assert calls and all(in_build for _, in_build in calls), calls
     assert {stage for stage, _ in calls} == {"train", "test"}, calls
-    assert len(list((tmp_path / "data" / "shapes" / ".imgcap_cache").glob("*.npy"))) == 3
+    # In the project's cache folder (paths.cache_dir), not in the dataset folder.
+    assert len(list((tmp_path / ".cache" / "imgcap").glob("*.npy"))) == 3
+    assert not (tmp_path / "data" / "shapes" / ".imgcap_cache").exists()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "test/BLEU-4" in metrics

@@ -23,6 +23,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgcap.data.known_datasets import missing_dataset_message
 from imgcap.data.readers import IMAGE_DIR_NAMES, SPLITS, Reader, get_reader, readers
 from imgcap.data.readers.base import read_text
 from imgcap.data.readers.kaggle_csv import KAGGLE_FILE, read_kaggle_captions
@@ -77,7 +78,9 @@ class Annotations:
     file name in a flat folder (``"123_abc.jpg"``), ``folder/name`` in a nested tree
     (``"val2014/COCO_val2014_000000000042.jpg"``); :meth:`image_path` is the file. ``splits``
     maps ``train/val/test`` to image ids, each present in ``captions`` and under ``image_dir``.
-    ``layout`` is the name of the reader that read ``caption_file``.
+    ``layout`` is the name of the reader that read ``caption_file``. ``dataset_ids``: the
+    dataset's own integer id of each image where the annotation file records one (COCO's
+    ``cocoid``), for COCO-format files (see :mod:`imgcap.coco`).
     """
 
     image_dir: Path
@@ -89,6 +92,7 @@ class Annotations:
     skipped: list[str] = field(default_factory=list)
     # The Karpathy json or the folder of the official lists the splits come from (None: seeded).
     split_file: Path | None = None
+    dataset_ids: dict[str, int] = field(default_factory=dict)
 
     def image_path(self, image_id: str) -> Path:
         """The file of ``image_id``."""
@@ -137,6 +141,8 @@ def _pick_reader(
     """The reader and its annotation file, by name, by the given file, or by detection."""
     if annotations_file is not None:
         path = _under(root, annotations_file)
+        if not path.is_file() and (known := missing_dataset_message(root, path)) is not None:
+            raise DataError(known)  # data=flickr30k / coco_karpathy without their files
         if not path.is_file():
             raise DataError(
                 f"data.annotations_file: {path} does not exist; fix the path (relative paths "
@@ -318,5 +324,13 @@ def load_annotations(
     if not splits["train"]:
         raise DataError(f"{root}: the training split is empty; check the split lists")
     return Annotations(
-        folder, captions, splits, name, caption_file, source, list(result.skipped), split_file
+        folder,
+        captions,
+        splits,
+        name,
+        caption_file,
+        source,
+        list(result.skipped),
+        split_file,
+        dict(result.dataset_ids or {}),
     )

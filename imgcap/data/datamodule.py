@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from imgcap.data.annotations import Annotations, load_annotations
+from imgcap.data.cache_location import dataset_identity, default_cache_dir, legacy_cache_notice
 from imgcap.data.datasets import (
     CachedFeatures,
     CaptionEvalDataset,
@@ -63,8 +64,11 @@ from imgcap.data.resident import (
 from imgcap.data.sampler import ResumableSampler
 from imgcap.data.shapes import META_FILE, generate_shapes, is_complete_shapes_dataset
 from imgcap.data.transforms import check_image_file, eval_transform, train_transform
-from imgcap.data.vocab import Vocabulary
+from imgcap.data.vocab import Vocabulary, vocabulary_warning
 from imgcap.errors import ConfigError, DataError
+from imgcap.phase_timing import timed_phase
+
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +106,11 @@ class CaptionDataModule(L.LightningDataModule):
     Args mirror the ``data.*`` config keys; see the module docstring of
     :mod:`imgcap.data.datasets` for the batch format. ``layout``: ``auto`` (detect) or a reader
     name; ``annotations_file`` / ``image_dir``: the annotation file and the image folder when
-    they are not where the reader looks (relative paths are under ``root``).
+    they are not where the reader looks (relative paths are under ``root``). ``cache_dir``:
+    the vocabulary and feature caches (None: the user's cache folder, see
+    :mod:`imgcap.data.cache_location`; never the dataset folder unless given).
+    ``check_splits``: the splits whose images are checked for integrity (None: all; evaluation
+    passes the one it scores).
     """
 
     def __init__(
@@ -130,6 +138,7 @@ class CaptionDataModule(L.LightningDataModule):
         layout: str = "auto",
         annotations_file: str | None = None,
         image_dir: str | None = None,
+        check_splits: list[str] | None = None,
         resident: str = "auto",
     ):
         super().__init__()
@@ -166,7 +175,7 @@ class CaptionDataModule(L.LightningDataModule):
         self.preload = preload
         self.bad_images = bad_images
         self.split_seed = split_seed
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.root / ".imgcap_cache"
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.cache_features = cache_features
         self.limit_train_images = limit_train_images
         self.synthetic = dict(synthetic) if synthetic else None
@@ -174,6 +183,7 @@ class CaptionDataModule(L.LightningDataModule):
         self.shuffle_seed = int(shuffle_seed)
         self.annotations_file = annotations_file
         self.image_dir = image_dir
+        self.check_splits = list(check_splits) if check_splits is not None else None
         self.resident = resident
         self._placement: Placement | None = None  # decided once, on the first cache needed
         self._stores: dict[str, FeatureStore] = {}
@@ -315,7 +325,14 @@ class CaptionDataModule(L.LightningDataModule):
         """Integrity check of every image in a split (markers, then a reduced-scale decode)."""
         from tqdm.auto import tqdm
 
-        names = sorted({n for ids in ann.splits.values() for n in ids})
+        names = sorted(
+            {
+                n
+                for split, ids in ann.splits.items()
+                if self.check_splits is None or split in self.check_splits
+                for n in ids
+            }
+        )
         quiet = self.quiet or len(names) < 1000
         bad: dict[str, str] = {}
         for name in tqdm(
@@ -347,11 +364,17 @@ class CaptionDataModule(L.LightningDataModule):
         return [list(ann.captions[name]) for name in ann.splits["train"]]
 
     def vocab_path(self) -> Path:
-        """``<cache_dir>/vocab-<hash>.json``; the hash covers the training captions and min_word_freq."""
+        """``<cache_dir>/vocab-<hash>.json``; the hash covers the training captions,
+        min_word_freq and the dataset (its resolved caption file: one cache folder serves all)."""
         ann = self._load_annotations()
         train = ann.splits["train"]
+        caption_file = ann.caption_file.resolve() if ann.caption_file else self.root.resolve()
         payload = json.dumps(
-            {"train": [[n, ann.captions[n]] for n in train], "min_word_freq": self.min_word_freq}
+            {
+                "train": [[n, ann.captions[n]] for n in train],
+                "min_word_freq": self.min_word_freq,
+                "dataset": str(caption_file),
+            }
         )
         return self.cache_dir / f"vocab-{hashlib.sha256(payload.encode()).hexdigest()[:16]}.json"
 
@@ -359,23 +382,31 @@ class CaptionDataModule(L.LightningDataModule):
         if self._vocab is not None:
             return self._vocab
         ann = self._load_annotations()
+        notice = legacy_cache_notice(self.root, self.cache_dir)
+        if notice:
+            log.warning(notice)
         path = self.vocab_path()
+        train_captions = [c for n in ann.splits["train"] for c in ann.captions[n]]
+        vocab = None
         if path.is_file():
             try:
-                self._vocab = Vocabulary.load(path)
-                return self._vocab
+                vocab = Vocabulary.load(path)
             except (OSError, ValueError, KeyError):
                 pass  # unreadable: rebuild and replace it
-        vocab = Vocabulary.build(
-            (c for n in ann.splits["train"] for c in ann.captions[n]), self.min_word_freq
-        )
-        try:
-            vocab.save(path)
-        except OSError as e:
-            warnings.warn(
-                f"cannot write the vocabulary to {path} ({e}); set data.cache_dir to a writable folder",
-                stacklevel=2,
-            )
+        if vocab is None:
+            vocab = Vocabulary.build(train_captions, self.min_word_freq)
+            try:
+                vocab.save(path)
+            except OSError as e:
+                warnings.warn(
+                    f"cannot write the vocabulary to {path} ({e}); set data.cache_dir to a writable folder",
+                    stacklevel=2,
+                )
+        # Built now or read from the cache, a vocabulary that maps most words to <unk> trains a
+        # model that says nothing else: say so in every run, not only the first.
+        warning = vocabulary_warning(vocab, train_captions, self.min_word_freq)
+        if warning:
+            log.warning(warning)
         self._vocab = vocab
         return vocab
 
@@ -461,22 +492,24 @@ class CaptionDataModule(L.LightningDataModule):
         if device is None:
             device = next((p.device for p in self._encoder.parameters()), torch.device("cpu"))
         placement = self._choose_placement(device)
-        store = build_feature_cache(
-            self.cache_dir,
-            ids,
-            # threaded reads, batched decode (nvJPEG on CUDA) and transforms on the device
-            ImageBatches(ann.image_dir, ids, self.image_size, device),
-            self._encoder,
-            self._encoder_key,
-            self.image_size,
-            batch_size=default_batch_size(device, self.eval_batch_size),
-            num_workers=self.num_workers,
-            quiet=self.quiet,
-            desc=f"feature cache ({split})",
-            device=device,
-            keep_on=placement.keep_on,
-            pin=placement.pin,
-        )
+        with timed_phase("cache build", split):  # read when present, else built here
+            store = build_feature_cache(
+                self.cache_dir,
+                ids,
+                # threaded reads, batched decode (nvJPEG on CUDA) and transforms on the device
+                ImageBatches(ann.image_dir, ids, self.image_size, device),
+                self._encoder,
+                self._encoder_key,
+                self.image_size,
+                batch_size=default_batch_size(device, self.eval_batch_size),
+                num_workers=self.num_workers,
+                quiet=self.quiet,
+                desc=f"feature cache ({split})",
+                device=device,
+                keep_on=placement.keep_on,
+                pin=placement.pin,
+                dataset=dataset_identity(ann.image_dir, ids),
+            )
         self._stores[split] = store
         return store
 

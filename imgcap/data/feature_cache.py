@@ -3,11 +3,13 @@
 With frozen weights the encoder output is a pure function of the (eval-transformed) image, so it
 is computed once per image and stored as float16 in a memory-mapped ``.npy`` of shape (N, P, C),
 with a json index next to it. The file name carries a hash of (image ids, encoder config,
-image size, decode path); the index stores the full key and the shape, and both are checked on
-load, so a cache made by another encoder config, or from pixels decoded another way (Pillow on
-the CPU, nvJPEG on a GPU: see :mod:`imgcap.data.pixels`), is never used, only rebuilt. Files are
-written under a temporary name and renamed, and the index is written last: an interrupted build
-leaves nothing that a later run would trust.
+image size, the dataset's identity, and the decode path when it is not Pillow's: see
+:func:`imgcap.data.cache_location.dataset_identity`, since one cache folder serves every dataset,
+and :mod:`imgcap.data.pixels`); the index stores the full key and the shape, and both are checked
+on load, so a cache made by another encoder config, for another dataset, or from pixels decoded
+another way (nvJPEG on a GPU) is never used, only rebuilt. Files are written under a temporary
+name and renamed, and the index is written last: an interrupted build leaves nothing that a
+later run would trust.
 
 The build runs where the encoder is fastest: on the training device (the data module passes the
 Trainer's root device), in inference mode with large batches. On CUDA the encoder runs in
@@ -57,17 +59,28 @@ _LOAD_ROWS = 256
 
 
 def cache_key(
-    image_ids: Sequence[str], encoder_key: dict, image_size: int, decode: str = PIL_PATH
+    image_ids: Sequence[str],
+    encoder_key: dict,
+    image_size: int,
+    dataset: dict | None = None,
+    decode: str = PIL_PATH,
 ) -> str:
     """sha256 over everything the features depend on (json with sorted keys, so dict order is
-    irrelevant); ``decode`` is the path that made the pixels (``pil`` or ``nvjpeg``)."""
+    irrelevant). ``dataset``: which images these are (their folder and files, see
+    :func:`imgcap.data.cache_location.dataset_identity`); ids alone are file names, which two
+    datasets may share. ``decode``: the path that made the pixels (``pil`` or ``nvjpeg``; only a
+    path other than Pillow's enters the key, so Pillow-built caches keep their names).
+    """
     payload = {
         "version": CACHE_VERSION,
         "image_ids": list(image_ids),
         "encoder": encoder_key,
         "image_size": int(image_size),
-        "decode": decode,
     }
+    if decode != PIL_PATH:
+        payload["decode"] = decode
+    if dataset is not None:
+        payload["dataset"] = dataset
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -194,10 +207,12 @@ def load_feature_cache(
     encoder_key: dict,
     image_size: int,
     name: str = "features",
+    dataset: dict | None = None,
     decode: str = PIL_PATH,
 ) -> FeatureStore | None:
-    """The matching cache, or None when absent, partial, or made for other ids/config/shape."""
-    key = cache_key(image_ids, encoder_key, image_size, decode)
+    """The matching cache, or None when absent, partial, or made for other ids/config/shape,
+    another dataset or another decode path."""
+    key = cache_key(image_ids, encoder_key, image_size, dataset, decode)
     npy, index = paths_for(Path(cache_dir), key, name)
     try:
         with open(index) as f:
@@ -311,6 +326,7 @@ def build_feature_cache(
     autocast_dtype: torch.dtype | None | str = "auto",
     keep_on: torch.device | str | None = None,
     pin: bool = False,
+    dataset: dict | None = None,
 ) -> FeatureStore:
     """Load the cache for ``image_ids`` or compute it with ``encoder``.
 
@@ -320,7 +336,8 @@ def build_feature_cache(
     ``num_workers``; Pillow-decoded pixels). ``encoder`` maps (B, 3, S, S) -> (B, P, C). It runs
     in eval mode and inference mode on ``device`` (default: where its parameters are; it is moved
     there for the build and back afterwards), in ``autocast_dtype`` (``"auto"``:
-    :func:`default_autocast_dtype`).
+    :func:`default_autocast_dtype`). ``dataset``: the images' identity, part of the key (see
+    :func:`cache_key`).
 
     ``keep_on``: also keep the features in memory (``store.resident``) on that device (host
     memory for ``cpu``, page-locked when ``pin``). A fresh build then returns as soon as the
@@ -330,10 +347,10 @@ def build_feature_cache(
     cache_dir = Path(cache_dir)
     decode = getattr(images, "decode", PIL_PATH)
     keep_on = torch.device(keep_on) if keep_on is not None else None
-    found = load_feature_cache(cache_dir, image_ids, encoder_key, image_size, name, decode)
+    found = load_feature_cache(cache_dir, image_ids, encoder_key, image_size, name, dataset, decode)
     if found is not None:
         return found.keep_in_memory(keep_on, pin)
-    key = cache_key(image_ids, encoder_key, image_size, decode)
+    key = cache_key(image_ids, encoder_key, image_size, dataset, decode)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError:
@@ -341,13 +358,16 @@ def build_feature_cache(
     lock = BuildLock(lock_path_for(cache_dir, key, name))
     lock.acquire()
     try:
-        found = load_feature_cache(cache_dir, image_ids, encoder_key, image_size, name, decode)
+        found = load_feature_cache(
+            cache_dir, image_ids, encoder_key, image_size, name, dataset, decode
+        )
         if found is not None:  # another process built it while this one waited
             lock.release()
             return found.keep_in_memory(keep_on, pin)
         return _build(
             cache_dir, key, name, image_ids, images, encoder, encoder_key, image_size,
             batch_size, num_workers, quiet, desc, device, autocast_dtype, keep_on, pin, lock,
+            dataset,
         )  # fmt: skip
     except BaseException:
         lock.release()
@@ -372,6 +392,7 @@ def _build(
     keep_on: torch.device | None,
     pin: bool,
     lock: BuildLock,
+    dataset: dict | None,
 ) -> FeatureStore:
     """Compute the cache (the caller holds ``lock``; it is released once the index is written,
     in the background thread when the features are kept in memory)."""
@@ -446,6 +467,7 @@ def _build(
         "dtype": "float16",
         "encoder": encoder_key,
         "image_size": int(image_size),
+        "dataset": dataset,
         "decode": getattr(images, "decode", PIL_PATH),
         "image_ids": list(image_ids),
     }

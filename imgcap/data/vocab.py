@@ -102,3 +102,32 @@ class Vocabulary:
     def load(cls, path: str | os.PathLike) -> Vocabulary:
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+# A vocabulary below this many words, or more than this share of training words outside it,
+# makes a captioner that mostly says <unk> (Flickr8k at min_word_freq=5: ~2,500 words, ~2%).
+SMALL_VOCAB_WORDS = 100
+LARGE_UNK_SHARE = 0.05
+
+
+def vocabulary_warning(
+    vocab: Vocabulary, captions: Iterable[str], min_word_freq: int
+) -> str | None:
+    """One line when ``vocab`` (built from ``captions`` with ``min_word_freq``) is tiny or maps
+    a large share of the training words to ``<unk>``, saying what to change; None when it is
+    fine, or when no word was dropped (then a lower threshold would change nothing)."""
+    counts = Counter(w for c in captions for w in normalize_caption(c))
+    total = sum(counts.values())
+    kept = sum(1 for w in counts if w in vocab.stoi)
+    unk = sum(n for w, n in counts.items() if w not in vocab.stoi)
+    if total == 0 or kept == len(counts):
+        return None
+    share = unk / total
+    if share <= LARGE_UNK_SHARE and kept >= SMALL_VOCAB_WORDS:
+        return None
+    effect = ", so predictions will be mostly <unk>" if share > 0.25 else ""
+    return (
+        f"small vocabulary: data.min_word_freq={min_word_freq} keeps {kept} of {len(counts)} "
+        f"distinct training words and {share:.0%} of the training words become <unk>{effect}; "
+        "on a small dataset lower it, e.g. data.min_word_freq=1"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import subprocess
 import tempfile
 import threading
@@ -10,6 +11,8 @@ import threading
 from imgcap.metrics.common import JVM_LOCALE, PYCOCOEVALCAP_DIR
 
 __all__ = ["meteor_score"]
+
+log = logging.getLogger(__name__)
 
 _METEOR_JAR = PYCOCOEVALCAP_DIR / "meteor" / "meteor-1.5.jar"
 # The same program and flags as pycocoevalcap's Meteor class.
@@ -36,7 +39,11 @@ def meteor_score(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
     on ``__del__``, which dead-locks if scoring raised while holding its lock), stderr goes to a
     temporary file (a full pipe would block the JVM), and a watchdog kills a hung JVM so that
     ``readline`` sees EOF and the failure surfaces as an exception.
+
+    It says what it scores before it starts: a JVM that loads paraphrase tables takes seconds
+    to minutes, which would otherwise look like a hang.
     """
+    log.info("scoring METEOR on %d captions (Java) ...", len(gts))
     with tempfile.TemporaryFile() as err_file:
         proc = subprocess.Popen(
             _METEOR_CMD,

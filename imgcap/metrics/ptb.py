@@ -186,6 +186,22 @@ def _split_chunk(chunk: str, last: bool) -> list[str]:
     return head + middle + [t for t in reversed(tail)]
 
 
+# Tokens of each (chunk, is-last-chunk) seen, since captions repeat the same few thousand words:
+# validation tokenises thousands of captions per epoch. Bounded: cleared when full.
+_CHUNK_MEMO: dict[tuple[str, bool], list[str]] = {}
+_CHUNK_MEMO_SIZE = 200_000
+
+
+def _chunk_tokens(chunk: str, last: bool) -> list[str]:
+    key = (chunk, last)
+    tokens = _CHUNK_MEMO.get(key)
+    if tokens is None:
+        if len(_CHUNK_MEMO) >= _CHUNK_MEMO_SIZE:
+            _CHUNK_MEMO.clear()
+        tokens = _CHUNK_MEMO[key] = _split_chunk(chunk, last)
+    return tokens
+
+
 def python_ptb_tokenize(sentences: Sequence[str]) -> list[str]:
     """Pure-Python stand-in for pycocoevalcap's PTBTokenizer + punctuation removal.
 
@@ -201,7 +217,7 @@ def python_ptb_tokenize(sentences: Sequence[str]) -> list[str]:
         tokens: list[str] = []
         for k, chunk in enumerate(chunks):
             if chunk:
-                tokens += _split_chunk(chunk, last=k == len(chunks) - 1)
+                tokens += _chunk_tokens(chunk, last=k == len(chunks) - 1)
         words = [_BRACKETS.get(t, t).lower() for t in tokens]
         out.append(" ".join(w for w in words if w not in _PUNCTUATIONS and w not in ('"', "`")))
     return out

@@ -33,6 +33,9 @@ class CaptionMetric(Metric):
 
     ``forward`` only updates (it does not score the batch): per-batch scoring would start a JVM
     every step and CIDEr's idf is only meaningful over the whole set.
+
+    ``meteor`` and ``backend`` are passed to :func:`compute_caption_metrics` (``backend="fast"``
+    for per-epoch validation); ``meteor`` may be changed between computes.
     """
 
     full_state_update = False
@@ -41,9 +44,10 @@ class CaptionMetric(Metric):
 
     _STRING_STATES = ("hypotheses", "references", "image_ids")
 
-    def __init__(self, meteor: bool = True, **kwargs: Any) -> None:
+    def __init__(self, meteor: bool = True, backend: str = "pycocoevalcap", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.meteor = meteor
+        self.backend = backend
         for name in self._STRING_STATES:
             self.add_state(name, default=[], dist_reduce_fx=None)
 
@@ -84,7 +88,7 @@ class CaptionMetric(Metric):
                     keep.append(i)
             hyps, refs = [hyps[i] for i in keep], [refs[i] for i in keep]
         if not (self._is_synced and torch.distributed.get_world_size(self.process_group) > 1):
-            return compute_caption_metrics(hyps, refs, meteor=self.meteor)
+            return self._score(hyps, refs)
         # Synced states are identical on every rank: score once on the group's first rank (one
         # JVM instead of one per GPU) and broadcast. Errors travel too, so no rank is left
         # waiting in the collective.
@@ -92,7 +96,7 @@ class CaptionMetric(Metric):
         box: list[Any] = [None]
         if torch.distributed.get_rank(group) == 0:
             try:
-                box[0] = compute_caption_metrics(hyps, refs, meteor=self.meteor)
+                box[0] = self._score(hyps, refs)
             except Exception as err:  # re-raised below, on every rank
                 box[0] = err
         src = torch.distributed.get_global_rank(group, 0) if group is not None else 0
@@ -100,6 +104,9 @@ class CaptionMetric(Metric):
         if isinstance(box[0], Exception):
             raise box[0]
         return box[0]
+
+    def _score(self, hyps: list[str], refs: list[list[str]]) -> dict[str, float]:
+        return compute_caption_metrics(hyps, refs, meteor=self.meteor, backend=self.backend)
 
     def forward(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         self.update(*args, **kwargs)

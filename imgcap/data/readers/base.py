@@ -26,12 +26,15 @@ class ReadResult:
     order without verbatim repeats. ``splits`` (``train/val/test`` -> image ids, each in
     ``captions``) is set only by formats that carry their own split; ``split_source`` then names
     it (default: the reader's name). ``skipped`` lists ids dropped with a warning.
+    ``dataset_ids`` maps image ids to the dataset's own integer ids where the file records them
+    (``cocoid`` in Karpathy's COCO json), for COCO-format result files.
     """
 
     captions: dict[str, list[str]]
     splits: dict[str, list[str]] | None = None
     skipped: list[str] = field(default_factory=list)
     split_source: str | None = None
+    dataset_ids: dict[str, int] | None = None
 
 
 class Reader:

@@ -54,6 +54,14 @@ def read_karpathy_json(
     Image ids are ``filepath/filename`` when an entry has a ``filepath``, else ``filename``;
     every image must exist under ``image_dir``.
     """
+    captions, splits, _ = _read_karpathy(path, image_dir)
+    return captions, splits
+
+
+def _read_karpathy(
+    path: Path, image_dir: Path
+) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, int]]:
+    """:func:`read_karpathy_json`, plus each image's ``cocoid`` where the file has one."""
     try:
         data = json.loads(read_text(path))
         entries = data["images"]
@@ -65,6 +73,7 @@ def read_karpathy_json(
     captions: dict[str, list[str]] = {}
     splits: dict[str, list[str]] = {s: [] for s in SPLITS}
     first_index: dict[str, int] = {}
+    coco_ids: dict[str, int] = {}
     for i, entry in enumerate(entries):
         try:
             filename, label = entry["filename"], entry["split"]
@@ -104,7 +113,10 @@ def read_karpathy_json(
         first_index[image] = i
         captions[image] = list(dict.fromkeys(raws))
         splits[split].append(image)
-    return captions, splits
+        cocoid = entry.get("cocoid")
+        if isinstance(cocoid, int) and not isinstance(cocoid, bool):
+            coco_ids[image] = cocoid
+    return captions, splits, coco_ids
 
 
 @register_reader
@@ -125,5 +137,7 @@ class KarpathyJSON(Reader):
         return super().find_image_dir(root) or root
 
     def read(self, path: Path, image_dir: Path) -> ReadResult:
-        captions, splits = read_karpathy_json(path, image_dir)
-        return ReadResult(captions, splits=splits, split_source="karpathy")
+        captions, splits, coco_ids = _read_karpathy(path, image_dir)
+        return ReadResult(
+            captions, splits=splits, split_source="karpathy", dataset_ids=coco_ids or None
+        )
