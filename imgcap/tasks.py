@@ -112,7 +112,8 @@ def build_data_and_model(cfg: DictConfig):
     # With the feature cache the encoder is built first and handed to both the cache and the
     # model (same construction order, so the same weights under the same seed).
     encoder = build_feature_encoder(cfg) if cfg.data.get("cache_features") else None
-    model = instantiate(cfg.model, vocab=datamodule.vocab.itos, built_encoder=encoder)
+    handed = {"built_encoder": encoder} if encoder is not None else {}
+    model = instantiate(cfg.model, vocab=datamodule.vocab.itos, **handed)
     if initial is not None:
         load_initial_weights(model, initial, cfg.init_from)  # into the shared encoder too
     if encoder is not None:
