@@ -77,9 +77,10 @@ _IMPORTED_AT = time.time()
 
 
 @contextmanager
-def timed_phase(name: str, detail: str | None = None) -> Iterator[None]:
+def timed_phase(name: str, detail: str | None = None, min_seconds: float = 0.05) -> Iterator[None]:
     """Count the enclosed work as phase ``name`` of the active :class:`PhaseTimer` (if any),
-    and log its duration when it ends; ``detail`` names the piece (e.g. the split)."""
+    and log its duration when it ends, if it took ``min_seconds`` or more; ``detail`` names
+    the piece (e.g. the split)."""
     timer = _active() if _active is not None else None
     if timer is None:
         yield
@@ -91,7 +92,7 @@ def timed_phase(name: str, detail: str | None = None) -> Iterator[None]:
     finally:
         timer.switch(previous)
         seconds = time.perf_counter() - start
-        if seconds >= 0.05:  # e.g. opening an existing cache: not worth a line
+        if seconds >= min_seconds:  # e.g. opening an existing cache: not worth a line
             timer.report(f"{name}{f' ({detail})' if detail else ''}", seconds)
 
 
