@@ -100,6 +100,15 @@ def check_model_config(cfg: DictConfig) -> None:
         _float(cfg, "model.teacher_forcing_ratio", 0.0, 1.0)
     if "length_penalty" in model:
         _float(cfg, "model.length_penalty", -10.0, 10.0)
+    if "val_meteor" in model:
+        from imgcap.module import VAL_METEOR_CHOICES
+
+        value = _value(cfg, "model.val_meteor")
+        if value not in VAL_METEOR_CHOICES:
+            raise ConfigError(
+                f"model.val_meteor={value!r} must be one of {', '.join(VAL_METEOR_CHOICES)} "
+                "(which validations add METEOR; default last)"
+            )
     schedule = _value(cfg, "model.teacher_forcing_schedule")
     if schedule is not None:
         if not OmegaConf.is_dict(schedule) or set(schedule) != {"end", "epochs"}:

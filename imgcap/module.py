@@ -284,16 +284,12 @@ class CaptioningModule(L.LightningModule):
             return False
         if trainer.state.fn != TrainerFn.FITTING:  # trainer.validate(): the only one there is
             return True
+        # Not trainer.should_stop: a run stopped by a signal must reach its checkpoint without
+        # waiting for METEOR, and early stopping decides only after this hook.
         max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
         return (
-            trainer.should_stop
-            or (
-                max_epochs is not None
-                and max_epochs > 0
-                and trainer.current_epoch >= max_epochs - 1
-            )
-            or (max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps)
-        )
+            max_epochs is not None and max_epochs > 0 and trainer.current_epoch >= max_epochs - 1
+        ) or (max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps)
 
     def on_validation_epoch_end(self) -> None:
         self.val_metric.meteor = self.validation_meteor()

@@ -9,8 +9,8 @@ rewritten with them each time. ``tasks.train`` also copies the final breakdown i
 The clock is a cursor over the wall time since the process started: at any moment exactly one
 phase is running, and every hook below only says which one runs next, so the phases add up to
 the total. Work that the callback hooks cannot see from outside (the feature cache is built in
-the data module's ``prepare_data``/``setup``) marks itself with :func:`timed_phase`, which is a
-no-op when no timer is active (evaluation, tests, library use).
+the data module's ``prepare_data``/``setup``) marks itself with :func:`timed_phase` (or the
+decorator :func:`timed`), a no-op when no timer is active (evaluation, tests, library use).
 
 Validation is split where the module scores: the decoding runs from ``on_validation_start`` to
 the end of the last batch; the callbacks' ``on_validation_epoch_end`` hooks listed before this
@@ -23,18 +23,20 @@ The checkpoints saved after a validation count as ``checkpointing``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ PHASES = (
     "other",
 )
 TIMINGS_FILE = "timings.json"
+T = TypeVar("T")
 
 _active: weakref.ReferenceType[PhaseTimer] | None = None
 # When the last timer of this process finished (perf_counter): a second run in the same process
@@ -77,10 +80,9 @@ _IMPORTED_AT = time.time()
 
 
 @contextmanager
-def timed_phase(name: str, detail: str | None = None, min_seconds: float = 0.05) -> Iterator[None]:
+def timed_phase(name: str, detail: str | None = None) -> Iterator[None]:
     """Count the enclosed work as phase ``name`` of the active :class:`PhaseTimer` (if any),
-    and log its duration when it ends, if it took ``min_seconds`` or more; ``detail`` names
-    the piece (e.g. the split)."""
+    and log its duration when it ends; ``detail`` names the piece (e.g. the split)."""
     timer = _active() if _active is not None else None
     if timer is None:
         yield
@@ -92,8 +94,27 @@ def timed_phase(name: str, detail: str | None = None, min_seconds: float = 0.05)
     finally:
         timer.switch(previous)
         seconds = time.perf_counter() - start
-        if seconds >= min_seconds:  # e.g. opening an existing cache: not worth a line
-            timer.report(f"{name}{f' ({detail})' if detail else ''}", seconds)
+        what = f"{name}{f' ({detail})' if detail else ''}"
+        # The first of each kind always gets a line; a repeat (setup opening the cache that
+        # prepare_data just built) only when it took a noticeable time.
+        if what not in timer.reported or seconds >= 0.05:
+            timer.reported.add(what)
+            timer.report(what, seconds)
+
+
+def timed(name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Method decorator: every call runs under ``timed_phase(name, <its first argument>)``
+    (e.g. the split a feature cache is built for)."""
+
+    def decorate(method: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(method)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
+            with timed_phase(name, str(args[0]) if args else None):
+                return method(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 class PhaseTimer(L.Callback):
@@ -123,9 +144,12 @@ class PhaseTimer(L.Callback):
         self._reported_training = 0.0  # the training seconds already in a line
         self._first_unreported_epoch = 0
         self._validations = 0
+        self.reported: set[str] = set()  # timed_phase pieces already logged
         self._cuda = False
         self._write_dir: Path | None = None
-        self._rank_zero = True
+        # Until setup says it, from the launcher's environment: under DDP the other ranks
+        # open the cache (a timed phase) before any hook runs.
+        self._rank_zero = rank_zero_only.rank == 0
         _active = weakref.ref(self)  # the latest timer built is the one that counts
 
     # ------------------------------------------------------------------ the clock

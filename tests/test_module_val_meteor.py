@@ -7,9 +7,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from imgcap.config_checks import check_train_config
 from imgcap.data.vocab import Vocabulary
 from imgcap.errors import ConfigError
 from imgcap.metrics import scorers as metrics_scorers
+from tests.hydra_helpers import compose_train
 from tests.test_module import small_module
 
 CAPTIONS = ["a red circle on the left", "a blue square at the top", "a green circle below"]
@@ -129,3 +131,10 @@ def test_bad_val_meteor_is_one_clear_error():
     _train, _val, vocab = _batches()
     with pytest.raises(ConfigError, match=r"model.val_meteor must be one of every, last, never"):
         small_module(vocab, val_meteor="sometimes")
+
+
+def test_bad_val_meteor_is_refused_before_any_work(tmp_path):
+    cfg = compose_train(tmp_path, ["model.val_meteor=sometimes"])
+    with pytest.raises(ConfigError, match=r"^model.val_meteor='sometimes' must be one of every"):
+        check_train_config(cfg)
+    check_train_config(compose_train(tmp_path, ["model.val_meteor=every"]))

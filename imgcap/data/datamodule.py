@@ -47,12 +47,7 @@ from imgcap.data.datasets import (
     collate_eval,
     collate_train,
 )
-from imgcap.data.feature_cache import (
-    FeatureStore,
-    build_feature_cache,
-    default_batch_size,
-    load_feature_cache,
-)
+from imgcap.data.feature_cache import FeatureStore, build_feature_cache, default_batch_size
 from imgcap.data.pixels import ImageBatches
 from imgcap.data.readers import check_layout
 from imgcap.data.resident import (
@@ -71,7 +66,7 @@ from imgcap.data.shapes import META_FILE, generate_shapes, is_complete_shapes_da
 from imgcap.data.transforms import check_image_file, eval_transform, train_transform
 from imgcap.data.vocab import Vocabulary, vocabulary_warning
 from imgcap.errors import ConfigError, DataError
-from imgcap.phase_timing import timed_phase
+from imgcap.phase_timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -477,6 +472,7 @@ class CaptionDataModule(L.LightningDataModule):
             )
         return CaptionEvalDataset(ids, ann.captions, source)
 
+    @timed("cache build")  # built here, or read when present: one phase of the run's timings
     def _feature_store(self, split: str) -> FeatureStore:
         """The split's feature cache: read it, or compute it on the training device (kept in
         memory as ``data.resident`` says; one store per split and process)."""
@@ -497,31 +493,23 @@ class CaptionDataModule(L.LightningDataModule):
         if device is None:
             device = next((p.device for p in self._encoder.parameters()), torch.device("cpu"))
         placement = self._choose_placement(device)
-        # threaded reads, batched decode (nvJPEG on CUDA) and transforms on the device
-        images = ImageBatches(ann.image_dir, ids, self.image_size, device)
-        identity = dataset_identity(ann.image_dir, ids)
-        stored = load_feature_cache(
-            self.cache_dir, ids, self._encoder_key, self.image_size,
-            dataset=identity, decode=images.decode,
-        )  # fmt: skip
-        # A build always gets its time line (a small one is quick now); opening, only if slow.
-        with timed_phase("cache build", split, min_seconds=0.05 if stored else 0.0):
-            store = build_feature_cache(
-                self.cache_dir,
-                ids,
-                images,
-                self._encoder,
-                self._encoder_key,
-                self.image_size,
-                batch_size=default_batch_size(device, self.eval_batch_size),
-                num_workers=self.num_workers,
-                quiet=self.quiet,
-                desc=f"feature cache ({split})",
-                device=device,
-                keep_on=placement.keep_on,
-                pin=placement.pin,
-                dataset=identity,
-            )
+        store = build_feature_cache(
+            self.cache_dir,
+            ids,
+            # threaded reads, batched decode (nvJPEG on CUDA) and transforms on the device
+            ImageBatches(ann.image_dir, ids, self.image_size, device),
+            self._encoder,
+            self._encoder_key,
+            self.image_size,
+            batch_size=default_batch_size(device, self.eval_batch_size),
+            num_workers=self.num_workers,
+            quiet=self.quiet,
+            desc=f"feature cache ({split})",
+            device=device,
+            keep_on=placement.keep_on,
+            pin=placement.pin,
+            dataset=dataset_identity(ann.image_dir, ids),
+        )
         self._stores[split] = store
         return store
 

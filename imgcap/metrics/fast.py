@@ -164,8 +164,9 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) 
         ref_total += min((abs(n - test_len), n) for n in ref_lengths)[1]
         for k in range(_BLEU_N):
             guess[k] += max(0, test_len - k)
-        for gram, count in Counter(_ngrams(words, _BLEU_N)).items():
-            correct[len(gram) - 1] += min(maxima.get(gram, 0), count)
+        counts = Counter(_ngrams(words, _BLEU_N))
+        for gram in counts.keys() & maxima.keys():  # only shared n-grams add matches
+            correct[len(gram) - 1] += min(maxima[gram], counts[gram])
     bleus = []
     product = 1.0
     for k in range(_BLEU_N):

@@ -142,15 +142,15 @@ def beam_search(
 
         ended = taken & (tok == END_ID)  # (B, k)
         if bool(ended.any()):
-            for b, j in ended.nonzero().tolist():
-                row = b * k + j
+            # One host copy per step for all hypotheses that ended, not one per hypothesis.
+            where = ended.nonzero()  # (E, 2): image, beam
+            rows = where[:, 0] * k + where[:, 1]
+            ended_scores = top_scores[where[:, 0], where[:, 1]].tolist()
+            ended_tokens = hist_tokens[rows, :-1].tolist()
+            for e, (b, j) in enumerate(where.tolist()):
                 finished[b].append(
                     _Hypothesis(
-                        float(top_scores[b, j]),
-                        t + 1,
-                        hist_tokens[row, :-1].tolist(),
-                        hist_alphas[row, :-1],
-                        True,
+                        ended_scores[e], t + 1, ended_tokens[e], hist_alphas[b * k + j, :-1], True
                     )
                 )
             live = live - ended.sum(1)
@@ -162,15 +162,13 @@ def beam_search(
             break
 
     # hypotheses cut at max_len without <end> compete with the finished ones
-    for b, j in torch.isfinite(scores).nonzero().tolist():
-        row = b * k + j
+    where = torch.isfinite(scores).nonzero()  # (E, 2): image, beam
+    cut_scores = scores[where[:, 0], where[:, 1]].tolist()
+    cut_tokens = hist_tokens[where[:, 0] * k + where[:, 1]].tolist()
+    for e, (b, j) in enumerate(where.tolist()):
         finished[b].append(
             _Hypothesis(
-                float(scores[b, j]),
-                hist_tokens.shape[1],
-                hist_tokens[row].tolist(),
-                hist_alphas[row],
-                False,
+                cut_scores[e], hist_tokens.shape[1], cut_tokens[e], hist_alphas[b * k + j], False
             )
         )
 
