@@ -9,6 +9,8 @@ CPU (always):
   beam_batched_vs_per_image beam search k=3 over a batch vs one image at a time
   beam_outputs_identical    both give the same captions
   cache_vs_no_cache         one epoch of data + frozen encoder without / with the feature cache
+  cpu_epoch_data_overhead   an epoch of decoder steps on resident cached features / the same
+                            steps on synthetic tensors (benchmarks/resident.py)
 CPU scoring (always, also with --gpu-only; needs pycocoevalcap, else reported as skipped):
   val_scoring_seconds_1000      seconds to score 1000 images x 5 references per validation epoch
                                 with the fast back end (benchmarks/scoring.py; real captions when
@@ -23,6 +25,9 @@ GPU (when CUDA is available; names start with gpu_):
                                          forward + backward alone (target <= 1.5)
   gpu_full_run_minutes_estimate          cache + 30 epochs + beam-3 validation each epoch + test
                                          on a Flickr8k-sized set, extrapolated (target <= 10)
+  gpu_epoch_data_overhead                an epoch of graphed B=64 steps on resident features
+                                         (data.resident=device) / the same steps on synthetic
+                                         tensors (target <= 1.3); null without CUDA
 Whole trial (measured by benchmarks/gpu_trial.sh, read with --gpu-trial-json PATH; else null):
   gpu_trial_minutes                      experiment=flickr8k, 30 epochs, on a generated
                                          Flickr8k-sized set: command to metrics.json (<= 10)
@@ -471,6 +476,14 @@ def main() -> None:
             round(r["ratio"], 1),
             f"{r['ratio']:.1f}x  (epoch {r['without_s']:.2f}s -> {r['with_s']:.3f}s, build {r['build_s']:.2f}s)",
         )
+        from benchmarks.resident import epoch_data_overhead
+
+        r = epoch_data_overhead(cpu, size, 16 if smoke else 64, 32, reps)
+        report(
+            "cpu_epoch_data_overhead",
+            round(r["ratio"], 3),
+            f"{r['ratio']:.3f}x  ({r['steps']} steps of B=32; seconds {r['seconds']})",
+        )
 
     scoring = val_scoring(smoke)
     if scoring is None:
@@ -499,6 +512,7 @@ def main() -> None:
         gpu = cpu
     if gpu is None:
         report("device", "cpu", "no CUDA device: GPU sections skipped")
+        report("gpu_epoch_data_overhead", None, "unmeasured (no CUDA device)")
     else:
         name = torch.cuda.get_device_name(gpu) if gpu.type == "cuda" else "cpu (smoke)"
         report("device", name, name)
@@ -540,6 +554,14 @@ def main() -> None:
         out["gpu_beam3_images_per_s"] = round(b["images_per_s"]["batched"], 1)
         data = gpu_data_rates(gpu, 64 if smoke else 2000, arch, px, workers=2 if smoke else 12)
         out["gpu_data_rates"] = {k: round(v, 1) for k, v in data.items()}
+        from benchmarks.resident import epoch_data_overhead
+
+        r = epoch_data_overhead(gpu, size, 64 if smoke else 2000, RUN["batch"], 3)
+        report(
+            "gpu_epoch_data_overhead",
+            round(r["ratio"], 3),
+            f"{r['ratio']:.3f}x  ({r['steps']} steps of B={RUN['batch']}; seconds {r['seconds']})",
+        )
         r = gpu_full_run(
             steps[64]["ms"]["imgcap"],
             b["images_per_s"]["batched"],

@@ -30,6 +30,7 @@ from imgcap.errors import ConfigError
 from imgcap.metrics import CaptionMetric
 from imgcap.models import build_decoder, build_encoder
 from imgcap.models.decoding import DecodeResult, decode
+from imgcap.models.encoder import ImageEncoder
 from imgcap.objectives import ObjectiveContext, build_objective
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -68,6 +69,8 @@ class CaptioningModule(L.LightningModule):
             (not under DDP).
         channels_last: ``auto | true | false``: NHWC memory format for the encoder on CUDA
             (faster convolutions on tensor cores); ``auto`` = on CUDA only.
+        built_encoder: the encoder ``encoder`` describes, already built (the task builds it
+            first to fill the feature cache with it); not a hyperparameter.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class CaptioningModule(L.LightningModule):
         monitor_mode: str = "max",
         cuda_graphs: bool | str = "auto",
         channels_last: bool | str = "auto",
+        built_encoder: ImageEncoder | None = None,
     ) -> None:
         super().__init__()
         _check_switch("cuda_graphs", cuda_graphs)
@@ -103,14 +107,24 @@ class CaptioningModule(L.LightningModule):
         decoder = dict(decoder or {"name": "lstm_attention"})
         objective = dict(objective or {"name": "xe"})
         # Partials are code, not settings: a checkpoint must load with weights_only unpickling.
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "built_encoder"], logger=False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
 
         self.vocab = Vocabulary.from_dict({"itos": list(vocab)})
         encoder_cfg = dict(encoder)
         self.encoder_lr = float(encoder_cfg.pop("lr", 1e-4))
-        self.encoder = build_encoder(encoded_size=encoded_size, **encoder_cfg)
+        if built_encoder is None:
+            built_encoder = build_encoder(encoded_size=encoded_size, **encoder_cfg)
+        elif (built_encoder.arch, built_encoder.encoded_size) != (
+            encoder_cfg.get("arch", "resnet50"),
+            encoded_size,
+        ):
+            raise ConfigError(
+                f"the given encoder ({built_encoder.arch}, grid {built_encoder.encoded_size}) is "
+                f"not the one model.encoder describes ({encoder_cfg.get('arch', 'resnet50')}, grid {encoded_size})"
+            )
+        self.encoder = built_encoder
         self.decoder = build_decoder(decoder, len(self.vocab), self.encoder.out_dim)
         self.objective = build_objective(objective)
         _check_decoder_fits(self.decoder, teacher_forcing_ratio, teacher_forcing_schedule, max_len)

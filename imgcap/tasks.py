@@ -113,19 +113,32 @@ def build_data_and_model(cfg: DictConfig):
     if rank_zero_only.rank == 0:
         datamodule.prepare_data()
     datamodule.setup("fit")  # vocabulary only when the feature cache waits for its encoder
-    model = instantiate(cfg.model, vocab=datamodule.vocab.itos)
+    # With the feature cache the encoder is built first and handed to both the cache and the
+    # model (same construction order, so the same weights under the same seed).
+    encoder = build_feature_encoder(cfg) if cfg.data.get("cache_features") else None
+    handed = {"built_encoder": encoder} if encoder is not None else {}
+    model = instantiate(cfg.model, vocab=datamodule.vocab.itos, **handed)
     if initial is not None:
-        load_initial_weights(model, initial, cfg.init_from)
-    if cfg.data.get("cache_features"):
+        load_initial_weights(model, initial, cfg.init_from)  # into the shared encoder too
+    if encoder is not None:
         schedule = (cfg.get("callbacks") or {}).get("encoder_fine_tuning") or {}
-        if not model.encoder.is_frozen or schedule.get("unfreeze_at_epoch") is not None:
+        if not encoder.is_frozen or schedule.get("unfreeze_at_epoch") is not None:
             raise ConfigError(
                 "data.cache_features=true needs a frozen encoder (model.encoder.fine_tune=frozen "
                 "and callbacks.encoder_fine_tuning.unfreeze_at_epoch=null); or set data.cache_features=false"
             )
-        key = {**model.encoder.cache_key(), "image_size": cfg.data.image_size}
-        datamodule.attach_feature_encoder(model.encoder, key)
+        key = {**encoder.cache_key(), "image_size": cfg.data.image_size}
+        datamodule.attach_feature_encoder(encoder, key)
     return datamodule, model
+
+
+def build_feature_encoder(cfg: DictConfig) -> torch.nn.Module:
+    """The image encoder ``cfg.model`` describes, built on its own (for the feature cache)."""
+    from imgcap.models import build_encoder
+
+    settings = OmegaConf.to_container(cfg.model.encoder, resolve=True)
+    settings.pop("lr", None)
+    return build_encoder(encoded_size=cfg.model.get("encoded_size", 14), **settings)
 
 
 # ---------------------------------------------------------------------------------- train

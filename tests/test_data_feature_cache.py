@@ -44,6 +44,7 @@ def make_dm(root: Path, cache_dir: Path, encoder: nn.Module, key: dict) -> Capti
     dm.setup("fit")  # vocabulary first (the task sizes the model from it) ...
     dm.attach_feature_encoder(encoder, key)
     dm.setup("fit")  # ... then the cache
+    dm.wait_for_cache_files()  # kept in memory, written in the background: let it finish
     return dm
 
 

@@ -342,6 +342,7 @@ def run_metrics(run: Path) -> tuple[dict, str]:
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("best_checkpoint", "caption_file", "split_file"):  # paths of the run's own
         metrics.pop(key)  # folders (the compared runs sit in different ones)
+    metrics.pop("timings", None)  # wall-clock seconds per phase: never equal between two runs
     return metrics, (run / "weights.sha256").read_text()
 
 

@@ -14,6 +14,9 @@ Hook order and what each one does:
   build the datasets for the stage (reading the feature cache, or building it when setup runs
   without a Trainer; preloading pixels when enabled).
 
+With cached features, ``data.resident`` keeps them in memory (on the training device, or in host
+memory) and the loaders yield whole batches gathered by index (:mod:`imgcap.data.resident`).
+
 All user mistakes surface here as one-line :class:`~imgcap.errors.DataError`, before any
 DataLoader worker starts. Nothing is written until every check has passed, and every write is
 atomic, so a failed run never damages an earlier vocabulary or cache.
@@ -40,19 +43,32 @@ from imgcap.data.datasets import (
     CaptionEvalDataset,
     CaptionTrainDataset,
     ImageFiles,
-    ImageListDataset,
     PreloadedImages,
     collate_eval,
     collate_train,
 )
-from imgcap.data.feature_cache import build_feature_cache, default_batch_size
+from imgcap.data.feature_cache import FeatureStore, build_feature_cache, default_batch_size
+from imgcap.data.pixels import ImageBatches
 from imgcap.data.readers import check_layout
+from imgcap.data.resident import (
+    RESIDENT_CHOICES,
+    IndexBatches,
+    Placement,
+    ResidentEvalBatches,
+    ResidentFeatures,
+    ResidentTrainBatches,
+    as_is,
+    choose_placement,
+    feature_shape,
+)
 from imgcap.data.sampler import ResumableSampler
 from imgcap.data.shapes import META_FILE, generate_shapes, is_complete_shapes_dataset
 from imgcap.data.transforms import check_image_file, eval_transform, train_transform
 from imgcap.data.vocab import Vocabulary, vocabulary_warning
 from imgcap.errors import ConfigError, DataError
 from imgcap.phase_timing import timed
+
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +141,17 @@ class CaptionDataModule(L.LightningDataModule):
         annotations_file: str | None = None,
         image_dir: str | None = None,
         check_splits: list[str] | None = None,
+        resident: str = "auto",
     ):
         super().__init__()
         self.layout = check_layout(layout)  # an unknown name fails here, before any work
         if str(captions_per_image) not in ("all", "1"):
             raise ConfigError(
                 f"data.captions_per_image must be 'all' or 1, got {captions_per_image!r}"
+            )
+        if resident not in RESIDENT_CHOICES:
+            raise ConfigError(
+                f"data.resident must be one of {'|'.join(RESIDENT_CHOICES)}, got {resident!r}"
             )
         if bad_images not in ("error", "skip"):
             raise ConfigError(f"data.bad_images must be 'error' or 'skip', got {bad_images!r}")
@@ -165,6 +186,9 @@ class CaptionDataModule(L.LightningDataModule):
         self.annotations_file = annotations_file
         self.image_dir = image_dir
         self.check_splits = list(check_splits) if check_splits is not None else None
+        self.resident = resident
+        self._placement: Placement | None = None  # decided once, on the first cache needed
+        self._stores: dict[str, FeatureStore] = {}
         # Where the training order resumes (epoch, items already seen), from a checkpoint.
         self._resume_position: tuple[int, int] | None = None
         self._train_sampler: ResumableSampler | None = None
@@ -198,6 +222,7 @@ class CaptionDataModule(L.LightningDataModule):
         self._encoder = encoder
         self._encoder_key = dict(encoder_key)
         self.datasets.clear()
+        self._stores.clear()
 
     # ------------------------------------------------------------------ hooks
 
@@ -228,6 +253,14 @@ class CaptionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)
+
+    def teardown(self, stage: str | None = None) -> None:
+        self.wait_for_cache_files()
+
+    def wait_for_cache_files(self) -> None:
+        """Features kept in memory are written to disk in the background: finish the files."""
+        for store in self._stores.values():
+            store.wait_written()
 
     # ------------------------------------------------------------------ resuming
 
@@ -398,6 +431,21 @@ class CaptionDataModule(L.LightningDataModule):
                     stacklevel=2,
                 )
             store = self._feature_store(split)
+            placement = self._placement
+            if placement is not None and placement.mode != "off":
+                # (a store that travelled to another process left its memory copy behind)
+                store.keep_in_memory(placement.keep_on, placement.pin)
+                features = ResidentFeatures(store.resident, placement.device)
+                if train:
+                    return ResidentTrainBatches(
+                        ids,
+                        ann.captions,
+                        self._load_vocab(),
+                        features,
+                        self.captions_per_image,
+                        self.max_caption_len,
+                    )
+                return ResidentEvalBatches(ids, ann.captions, features)
             source = CachedFeatures(store)
         elif self.preload:
             source = PreloadedImages(
@@ -427,8 +475,11 @@ class CaptionDataModule(L.LightningDataModule):
         return CaptionEvalDataset(ids, ann.captions, source)
 
     @timed("cache build")  # built here, or read when present: one phase of the run's timings
-    def _feature_store(self, split: str):
-        """The split's feature cache: read it, or compute it on the training device."""
+    def _feature_store(self, split: str) -> FeatureStore:
+        """The split's feature cache: read it, or compute it on the training device (kept in
+        memory as ``data.resident`` says; one store per split and process)."""
+        if split in self._stores:
+            return self._stores[split]
         ann = self._load_annotations()
         ids = ann.splits[split]
         try:
@@ -443,10 +494,12 @@ class CaptionDataModule(L.LightningDataModule):
         device = trainer.strategy.root_device if trainer is not None else None
         if device is None:
             device = next((p.device for p in self._encoder.parameters()), torch.device("cpu"))
-        return build_feature_cache(
+        placement = self._choose_placement(device)
+        store = build_feature_cache(
             self.cache_dir,
             ids,
-            ImageListDataset(ids, ImageFiles(ann.image_dir, eval_transform(self.image_size))),
+            # threaded reads, batched decode (nvJPEG on CUDA) and transforms on the device
+            ImageBatches(ann.image_dir, ids, self.image_size, device),
             self._encoder,
             self._encoder_key,
             self.image_size,
@@ -455,8 +508,24 @@ class CaptionDataModule(L.LightningDataModule):
             quiet=self.quiet,
             desc=f"feature cache ({split})",
             device=device,
+            keep_on=placement.keep_on,
+            pin=placement.pin,
             dataset=dataset_identity(ann.image_dir, ids),
         )
+        self._stores[split] = store
+        return store
+
+    def _choose_placement(self, device: torch.device) -> Placement:
+        """Where the cached features live (``data.resident``), decided once for every split,
+        with one log line."""
+        if self._placement is None or self._placement.device != device:
+            splits = self._load_annotations().splits
+            images = sum(len(splits.get(s) or []) for s in ("train", "val", "test"))
+            pixels, channels = feature_shape(self._encoder, self.image_size)
+            nbytes = 2 * images * pixels * channels
+            self._placement, message = choose_placement(self.resident, nbytes, device)
+            log.info(message)
+        return self._placement
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         if split not in self.datasets:
@@ -466,6 +535,8 @@ class CaptionDataModule(L.LightningDataModule):
                 )
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         dataset = self.datasets[split]
+        if isinstance(dataset, ResidentTrainBatches | ResidentEvalBatches):
+            return self._index_loader(dataset, batch_size, shuffle)
         # The loader's own generator: making an iterator then draws nothing from the global RNG
         # (which dropout and scheduled sampling use), so resuming a run reproduces it exactly.
         generator = torch.Generator().manual_seed(self.shuffle_seed)
@@ -492,6 +563,33 @@ class CaptionDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=collate_train if split == "train" else collate_eval,
+        )
+
+    def _index_loader(
+        self, dataset: ResidentTrainBatches | ResidentEvalBatches, batch_size: int, shuffle: bool
+    ) -> DataLoader:
+        """Batches gathered from the features in memory: the sampler yields index batches, the
+        dataset builds each batch at once (in this process: no workers, no pinning thread)."""
+        generator = torch.Generator().manual_seed(self.shuffle_seed)
+        sampler = None
+        if shuffle:
+            sampler = ResumableSampler(
+                len(dataset),
+                seed=self.shuffle_seed,
+                captions_per_item=dataset.captions_per_item(),
+                loader_generator=generator,
+            )
+            if self._resume_position is not None:
+                sampler.resume_at(*self._resume_position)
+                self._resume_position = None
+            self._train_sampler = sampler
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            sampler=IndexBatches(len(dataset), batch_size, sampler),
+            generator=generator,
+            num_workers=0,
+            collate_fn=as_is,
         )
 
 

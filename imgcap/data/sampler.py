@@ -62,23 +62,33 @@ class ResumableSampler(Sampler):
         self._start = max(0, int(position))
         self._reseed_loader()
 
-    def order(self) -> list:
-        """This epoch's full order: item indices, or (item, caption) pairs."""
+    def order_tensor(self) -> torch.Tensor:
+        """This epoch's full order as int64: item indices (N,), or (item, caption) pairs (N, 2)."""
         generator = torch.Generator().manual_seed(self._epoch_seed())
         if self.shuffle:
-            items = torch.randperm(self.num_items, generator=generator).tolist()
+            items = torch.randperm(self.num_items, generator=generator)
         else:
-            items = list(range(self.num_items))
+            items = torch.arange(self.num_items)
         if self.captions_per_item is None:
             return items
         counts = torch.tensor(self.captions_per_item, dtype=torch.float64)
         picks = (
             torch.rand(self.num_items, generator=generator, dtype=torch.float64) * counts
         ).long()
-        return [(i, int(picks[i])) for i in items]
+        return torch.stack([items, picks[items]], dim=1)
+
+    def order(self) -> list:
+        """This epoch's full order: item indices, or (item, caption) pairs."""
+        order = self.order_tensor().tolist()
+        return order if self.captions_per_item is None else [tuple(p) for p in order]
+
+    def take_start(self) -> int:
+        """Where the coming iteration starts in this epoch's order (the resume position), once."""
+        start, self._start = self._start, 0
+        return start
 
     def __iter__(self) -> Iterator:
-        start, self._start = self._start, 0
+        start = self.take_start()
         yield from self.order()[start:]
 
     def __len__(self) -> int:
