@@ -31,3 +31,5 @@ def test_debug_limit_runs_a_slice_and_debug_profiler_writes_its_report(tmp_path)
     tasks.train(cfg)
     reports = list(Path(cfg.paths.output_dir).glob("*profiler*.txt"))
     assert reports and "run_training_epoch" in reports[0].read_text()
+    # the names the README and conf/debug/profiler.yaml give
+    assert "fit-profiler.txt" in {p.name for p in reports}
