@@ -68,6 +68,26 @@ def route_library_logs() -> None:
         logger.propagate = True
 
 
+class ProgressSafeHandler(logging.StreamHandler):
+    """The console handler: a message written while a progress bar is open goes through
+    ``tqdm.write``, which clears the bar, writes the message on a line of its own and redraws
+    the bar, so no message is glued to the end of an unfinished bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            tqdm = None
+        if tqdm is None or not getattr(tqdm, "_instances", None):
+            super().emit(record)
+            return
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
+
+
 def end_progress_lines() -> None:
     """Close the progress bars still open, so that the next message starts its own line instead
     of being glued to the end of an unfinished bar."""

@@ -357,3 +357,27 @@ def test_config_tree_is_written_after_the_checks(tmp_path):
         tasks.train(bad)
     assert not (Path(bad.paths.output_dir) / "config_tree.log").exists()
     assert OmegaConf.select(cfg, "print_config") is True
+
+
+def test_a_message_during_an_open_progress_bar_starts_its_own_line():
+    import io
+    import logging
+
+    from tqdm import tqdm
+
+    from imgcap.console import ProgressSafeHandler
+
+    stream = io.StringIO()
+    logger = logging.getLogger("imgcap.test_progress_safe")
+    handler = ProgressSafeHandler(stream)
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with tqdm(total=10, file=stream, desc="Epoch 0") as bar:
+            bar.update(3)
+            logger.warning("time: training 1.0 s")
+        lines = stream.getvalue().replace("\r", "\n").splitlines()
+        assert "time: training 1.0 s" in [line.strip() for line in lines]
+        assert not any(line.startswith("Epoch 0") and "time:" in line for line in lines)
+    finally:
+        logger.removeHandler(handler)
