@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -112,3 +113,17 @@ def write_with(path: str | os.PathLike, writer: Callable[[IO], None], binary: bo
     """Call ``writer(file)`` on the temporary file (e.g. ``torch.save``, ``fig.savefig``)."""
     with atomic_open(path, "wb" if binary else "w") as f:
         writer(f)
+
+
+def publish_dir(tmp: str | os.PathLike, root: str | os.PathLike) -> None:
+    """Move a folder built completely in ``tmp`` (a sibling of ``root``) to ``root``, replacing
+    what was there: readers see the old folder or the new one, never a half-written one."""
+    tmp, root = Path(tmp), Path(root)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a dataset folder is for every reader
+    if root.exists():
+        old = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.old-"))
+        os.replace(root, old / "set")
+        os.replace(tmp, root)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, root)

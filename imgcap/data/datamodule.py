@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -540,18 +541,13 @@ class CaptionDataModule(L.LightningDataModule):
         # The loader's own generator: making an iterator then draws nothing from the global RNG
         # (which dropout and scheduled sampling use), so resuming a run reproduces it exactly.
         generator = torch.Generator().manual_seed(self.shuffle_seed)
-        sampler = None
-        if shuffle:
-            sampler = ResumableSampler(
-                len(dataset),
-                seed=self.shuffle_seed,
-                captions_per_item=getattr(dataset, "captions_per_item", lambda: None)(),
-                loader_generator=generator,
+        sampler = (
+            self._shuffled_order(
+                len(dataset), getattr(dataset, "captions_per_item", lambda: None)(), generator
             )
-            if self._resume_position is not None:
-                sampler.resume_at(*self._resume_position)
-                self._resume_position = None
-            self._train_sampler = sampler
+            if shuffle
+            else None
+        )
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -565,24 +561,34 @@ class CaptionDataModule(L.LightningDataModule):
             collate_fn=collate_train if split == "train" else collate_eval,
         )
 
+    def _shuffled_order(
+        self, size: int, captions_per_item: Sequence[int] | None, generator: torch.Generator
+    ) -> ResumableSampler:
+        """The training order, resumed where a checkpoint left it (one sampler serves the
+        per-item and the resident loaders, so both see the same order)."""
+        sampler = ResumableSampler(
+            size,
+            seed=self.shuffle_seed,
+            captions_per_item=captions_per_item,
+            loader_generator=generator,
+        )
+        if self._resume_position is not None:
+            sampler.resume_at(*self._resume_position)
+            self._resume_position = None
+        self._train_sampler = sampler
+        return sampler
+
     def _index_loader(
         self, dataset: ResidentTrainBatches | ResidentEvalBatches, batch_size: int, shuffle: bool
     ) -> DataLoader:
         """Batches gathered from the features in memory: the sampler yields index batches, the
         dataset builds each batch at once (in this process: no workers, no pinning thread)."""
         generator = torch.Generator().manual_seed(self.shuffle_seed)
-        sampler = None
-        if shuffle:
-            sampler = ResumableSampler(
-                len(dataset),
-                seed=self.shuffle_seed,
-                captions_per_item=dataset.captions_per_item(),
-                loader_generator=generator,
-            )
-            if self._resume_position is not None:
-                sampler.resume_at(*self._resume_position)
-                self._resume_position = None
-            self._train_sampler = sampler
+        sampler = (
+            self._shuffled_order(len(dataset), dataset.captions_per_item(), generator)
+            if shuffle
+            else None
+        )
         return DataLoader(
             dataset,
             batch_size=None,

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from imgcap.atomic import publish_dir
+
 log = logging.getLogger(__name__)
 
 META_FILE = "flickr_like.json"
@@ -328,14 +330,7 @@ def generate_flickr_like(
             "images": {name: record for name, record, _ in examples},
         }
         (tmp / META_FILE).write_text(json.dumps(meta, sort_keys=True))  # last: marks complete
-        os.chmod(tmp, 0o755)
-        if root.exists():
-            old = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.old-"))
-            os.replace(root, old / "set")
-            os.replace(tmp, root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, root)
+        publish_dir(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

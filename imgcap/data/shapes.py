@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from imgcap.atomic import publish_dir
+
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -219,14 +221,7 @@ def generate_shapes(
         # Written last: its presence marks a complete set.
         meta = {"params": params, "colours": COLOURS, "images": boxes}
         (tmp / META_FILE).write_text(json.dumps(meta, sort_keys=True, indent=0))
-        os.chmod(tmp, 0o755)
-        if root.exists():
-            old = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.old-"))
-            os.replace(root, old / "set")
-            os.replace(tmp, root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, root)
+        publish_dir(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
