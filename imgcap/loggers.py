@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from imgcap.atomic import write_text
 from imgcap.errors import ConfigError
+from imgcap.instantiation import instantiate
 
 if TYPE_CHECKING:  # Lightning and torch load on first use: the credential check needs neither
     import torch
@@ -195,8 +196,6 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
                     f"{cls} needs the {packages[0]} package: `pip install {packages[0]}` "
                     "(or pip install 'imgcap[tensorboard]'), or choose another logger="
                 )
-        from imgcap.tasks import instantiate
-
         if "WandbLogger" in target:
             if configure_wandb_environment():
                 logger_cfg["mode"] = "offline"  # passed on to wandb.init

@@ -13,8 +13,6 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate as hydra_instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -35,6 +33,7 @@ from imgcap.csv_history import TrimRepeatedRows
 from imgcap.data.vocab import Vocabulary
 from imgcap.errors import ConfigError, ImgcapError, Interrupted
 from imgcap.hardware import register_resolvers, use_tensor_cores_for_float32
+from imgcap.instantiation import instantiate
 from imgcap.loggers import (
     build_loggers,
     finish_loggers,
@@ -60,17 +59,6 @@ METRIC_ORDER = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CI
 
 
 # ---------------------------------------------------------------------------------- helpers
-def instantiate(node: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate``, but a user mistake found while building (an ImgcapError,
-    e.g. an unknown encoder arch) surfaces as itself rather than wrapped in Hydra's error."""
-    try:
-        return hydra_instantiate(node, **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, ImgcapError):
-            raise err.__cause__ from None
-        raise
-
-
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON through a temp file + rename: a crash never leaves half a file."""
     atomic.write_json(path, payload)
