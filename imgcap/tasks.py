@@ -44,7 +44,7 @@ from imgcap.loggers import (
 )
 from imgcap.metrics import compute_caption_metrics, scoring_info
 from imgcap.resume import job_overrides, resume_config, signal_stop
-from imgcap.sweep.trial_link import mark_pruned, reporter_for_this_job, trial_summary
+from imgcap.sweep.reporter import mark_pruned, reporter_for_this_job, trial_summary
 
 log = logging.getLogger(__name__)
 register_resolvers()

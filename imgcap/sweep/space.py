@@ -102,7 +102,7 @@ def distribution_of(key: str, sweep: Any) -> BaseDistribution:
                 raise ConfigError(f"{key}: tag(log, range(...)) needs step 1")
             return IntDistribution(start, high, log=log, step=step)
         count = math.ceil(round((stop - start) / step, 9))
-        high = start + (count - 1) * step
+        high = round(start + (count - 1) * step, 12)  # 0.30000000000000004 -> 0.3
         if log:
             raise ConfigError(f"{key}: tag(log, ...) works on integer ranges and interval(...)")
         return FloatDistribution(float(start), float(high), step=float(step))
@@ -144,7 +144,10 @@ def parse_search_space(params: Mapping[str, Any] | None, arguments: Iterable[str
         try:
             (override,) = parser.parse_overrides([canonical_override(text)])
         except Exception as err:  # noqa: BLE001 - Hydra's parse error, as one line
-            raise ConfigError(f"sweep parameter {text!r} cannot be parsed: {err}") from None
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(
+                f"sweep parameter {text!r} cannot be parsed ({first}); see Hydra's override grammar"
+            ) from None
         if override.is_sweep_override():
             if override.is_delete():
                 raise ConfigError(f"{text}: a deletion (~) cannot be swept")

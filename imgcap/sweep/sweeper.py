@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,7 @@ class HydraSweep:
                 f"sweep interrupted by {signal.Signals(stop.signum).name}: study {study_name} is "
                 f"saved in {storage_url}; run the same command again to continue it"
             )
+            print(message, file=sys.stderr)
             raise Interrupted(message, code) from None
         summary = self.finish(study, sweep_dir, storage_url)
         return [summary]

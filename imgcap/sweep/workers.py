@@ -16,6 +16,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,11 @@ def visible_gpus() -> list[str]:
     given = os.environ.get("CUDA_VISIBLE_DEVICES")
     if given is not None:
         return [g.strip() for g in given.split(",") if g.strip() and g.strip() != "-1"]
-    try:
-        import torch
-
-        count = torch.cuda.device_count()  # NVML-based: no CUDA context is created
-    except Exception:  # noqa: BLE001 - no torch or no driver: no GPUs
-        count = 0
+    if "torch" in sys.modules:  # train.py has it: NVML-based, no CUDA context is created
+        count = sys.modules["torch"].cuda.device_count()
+    else:  # no need to import torch just to count (the driver lists its GPUs here)
+        gpus = Path("/proc/driver/nvidia/gpus")
+        count = len(list(gpus.iterdir())) if gpus.is_dir() else 0
     return [str(i) for i in range(count)]
 
 
