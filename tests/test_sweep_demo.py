@@ -193,7 +193,8 @@ def test_hydra_finds_the_plugin_in_a_fresh_clone_installed_editable(tmp_path):
         else:
             shutil.copy(src, dst)
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # No pip or setuptools of its own: both come from this environment, with the dependencies.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
     site = subprocess.run(
         [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
