@@ -466,3 +466,32 @@ def test_sigterm_stops_the_sweep_consistently_and_a_rerun_resumes_the_trial(tmp_
     assert [r[0] for r in records].count("0") == 1  # the complete trial never reran
     resumed = next(r for r in records if r[0] == str(retry.number))
     assert int(resumed[3]) >= 1  # it started from its checkpoint's epoch, not from 0
+
+
+def test_the_timeout_stops_starting_trials(tmp_path):
+    runner, record = cheap_runner(tmp_path, n_trials=100, timeout=0.5)
+    runner.run([Slot(0)], objective_recording(record, sleep=0.3))
+    ran = len(record.read_text().split())
+    assert 1 <= ran <= 3 and len(runner.study.get_trials()) == ran
+
+
+def test_sqlite_storage_through_hydra_without_alembic_noise(tmp_path):
+    db = tmp_path / "studies.db"
+    done = run_app(tmp_path, "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage=sqlite:///{db}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "alembic" not in (done.stdout + done.stderr).lower()
+    (summary,) = optuna.get_all_study_summaries(storage=f"sqlite:///{db}")
+    assert summary.n_trials == 2
+
+
+def test_the_slurm_launcher_composes_with_the_sweep(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra.core.hydra_config import HydraConfig
+
+    from tests.hydra_helpers import compose_train
+
+    compose_train(tmp_path, ["hparams_search=optuna", "hydra/launcher=slurm"])
+    hydra_cfg = HydraConfig.get()
+    assert hydra_cfg.launcher._target_.endswith("SlurmLauncher")
+    assert hydra_cfg.launcher.gpus_per_node == 1
+    assert hydra_cfg.sweeper._target_.endswith("ImgcapOptunaSweeper")

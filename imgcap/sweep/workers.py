@@ -91,6 +91,9 @@ def _child_main(run: Callable[[Any], Any], job: Any, slot: Slot, conn: Any) -> N
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if slot.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        cuda = getattr(sys.modules.get("torch"), "cuda", None)
+        if cuda is not None and hasattr(cuda, "_cached_device_count"):
+            cuda._cached_device_count = None  # the parent counted every GPU; this one sees one
     if slot.threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(slot.threads)
         if "torch" in sys.modules:
