@@ -57,13 +57,22 @@ def sweep_command(root: Path, args: argparse.Namespace, *extra: str) -> list[str
     ]
 
 
+SETTINGS: dict[str, str] = {}
+
+
 def environment() -> dict[str, str]:
-    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    """The sweeps' environment: offline W&B; with --no-java the Java PTB tokenizer is hidden
+    (PATH = this Python's folder: the Python imitation scores instead, the same in every arm);
+    --threads sets OMP_NUM_THREADS for every trial (n_jobs=2 workers get half the cores each
+    anyway)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **SETTINGS}
+    return env
 
 
 def run(cmd: list[str], log: Path) -> float:
     """Run a sweep to its end; its wall time in seconds."""
     start = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         done = subprocess.run(cmd, env=environment(), stdout=out, stderr=subprocess.STDOUT)
     if done.returncode != 0:
@@ -94,7 +103,10 @@ def summary(study: optuna.Study) -> dict:
 
 def part_pruning(args: argparse.Namespace, out: Path) -> dict:
     results = {}
-    for name, pruner in (("median", ["hydra.sweeper.pruner=median"]), ("none", ["hydra.sweeper.pruner=none"])):
+    for name, pruner in (
+        ("median", ["hydra.sweeper.pruner=median"]),
+        ("none", ["hydra.sweeper.pruner=none"]),
+    ):
         root = out / f"pruning_{name}"
         extra = [f"hydra.sweeper.n_trials={args.trials}", *pruner]
         if name == "median":
@@ -106,7 +118,9 @@ def part_pruning(args: argparse.Namespace, out: Path) -> dict:
         results[name] = {**summary(study_of(root)), "seconds": round(seconds, 1)}
         print(f"(a) pruner={name}: {results[name]}", flush=True)
     full = results["none"]["epochs"]
-    results["best_value_difference"] = results["none"]["best_value"] - results["median"]["best_value"]
+    results["best_value_difference"] = (
+        results["none"]["best_value"] - results["median"]["best_value"]
+    )
     results["epoch_fraction"] = results["median"]["epochs"] / full if full else None
     print(
         f"(a) best {results['median']['best_value']:.4f} (median) vs {results['none']['best_value']:.4f} "
@@ -124,6 +138,7 @@ def part_resume(args: argparse.Namespace, out: Path) -> dict:
     uninterrupted = summary(study_of(plain))
     root = out / "resume_killed"
     cmd = sweep_command(root, args, *extra)
+    out.mkdir(parents=True, exist_ok=True)
     with open(out / "resume_killed_1.log", "w") as log:
         proc = subprocess.Popen(cmd, env=environment(), stdout=log, stderr=subprocess.STDOUT)
         # SIGTERM during the third trial, once it has run an epoch.
@@ -193,14 +208,26 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16, help="trials of the pruning sweeps")
     parser.add_argument("--parallel-trials", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("/tmp/imgcap-sweep-bench"))
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS per trial")
+    parser.add_argument("--no-java", action="store_true", help="score without the JVM tokenizer")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        SETTINGS["OMP_NUM_THREADS"] = str(args.threads)
+    if args.no_java:
+        SETTINGS["PATH"] = str(Path(sys.executable).parent)
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {os.cpu_count()} CPUs; outputs in {args.out}", flush=True)
+    print(
+        f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; {SETTINGS or 'defaults'};"
+        f" outputs in {args.out}",
+        flush=True,
+    )
     parts = ["pruning", "resume", "parallel"] if args.part == "all" else [args.part]
     results = {}
     for part in parts:
-        results[part] = globals()[f"part_{part}"](args, args.out / part if args.part == "all" else args.out)
+        results[part] = globals()[f"part_{part}"](
+            args, args.out / part if args.part == "all" else args.out
+        )
     if args.json:
         print(json.dumps(results))
 

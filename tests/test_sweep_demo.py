@@ -22,19 +22,18 @@ from imgcap.sweep.storage import open_storage
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
-# The demo sweep made small: 160 images, 3 epochs, the validation loss as the objective (a
-# learning rate of 1e-7 trails 3e-3 from the first epoch on, so pruning is deterministic).
-# RandomSampler(seed=6) draws lr 3e-3, 3e-3, 1e-7 for trials 0, 1, 2.
+# The demo sweep made small: 240 images, 5 epochs, CIDEr as the objective; a learning rate of
+# 1e-7 learns nothing and trails 1e-2 clearly by epoch 3, so pruning is deterministic.
+# RandomSampler(seed=6) draws lr 1e-2, 1e-2, 1e-7 for trials 0, 1, 2.
 SMALL_DEMO_SWEEP = [
     "-m",
     "hparams_search=optuna",
     "experiment=demo_sweep",
-    "data.synthetic.num_images=160",
-    "trainer.max_epochs=3",
+    "data.synthetic.num_images=240",
+    "trainer.max_epochs=5",
     "test=false",
-    "monitor=val/loss",
-    "monitor_mode=min",
-    "model.optimizer.lr=choice(0.003,1e-7)",
+    "monitor=val/CIDEr",
+    "model.optimizer.lr=choice(0.01,1e-7)",
     "model.decoder.attention_dim=choice(32)",
     "~hydra.sweeper.sampler.n_startup_trials",
     "hydra.sweeper.sampler._target_=optuna.samplers.RandomSampler",
@@ -67,6 +66,7 @@ def test_a_demo_sweep_prunes_a_hopeless_trial(tmp_path):
             tmp_path,
             "hydra.sweeper.n_trials=3",
             "+hydra.sweeper.pruner_settings.n_startup_trials=2",
+            "+hydra.sweeper.pruner_settings.n_warmup_steps=3",
             f"hydra.sweep.dir={sweep}",
         ),
         cwd=tmp_path,
@@ -85,10 +85,11 @@ def test_a_demo_sweep_prunes_a_hopeless_trial(tmp_path):
     assert trials[2].params["model.optimizer.lr"] == 1e-7
     pruned_dir = sweep / "2"
     metrics = json.loads((pruned_dir / "metrics.json").read_text())
-    assert metrics["trial_state"] == "pruned" and metrics["pruned_at_epoch"] == 0
+    assert metrics["trial_state"] == "pruned" and metrics["pruned_at_epoch"] == 3
+    assert metrics["epochs"] == 4 < 5  # epochs 0-3: stopped after the epoch it was judged on
     assert not any(k.startswith("test/") for k in metrics)  # no test run
-    assert (pruned_dir / "PRUNED").read_text().startswith("pruned at epoch 0")
-    assert "trial 2 pruned at epoch 0" in done.stdout
+    assert (pruned_dir / "PRUNED").read_text().startswith("pruned at epoch 3")
+    assert "trial 2 pruned at epoch 3" in done.stdout
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert result["best_trial"] in (0, 1) and result["best_checkpoint"].endswith("best.ckpt")
     assert result["trials"] == {"complete": 2, "pruned": 1}
