@@ -122,7 +122,9 @@ def test_sigterm_during_a_demo_sweep_then_the_same_command_resumes_it(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "run the same command again" in err
     trials = the_study(tmp_path).get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    # Trial 1 is failed-and-interrupted, and its retry (trial 2) waits in the queue.
+    states = [t.state for t in trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
     assert trials[1].user_attrs["interrupted"]
 
     again = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=1500)
