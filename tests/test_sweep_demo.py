@@ -137,7 +137,9 @@ def test_sigterm_during_a_demo_sweep_then_the_same_command_resumes_it(tmp_path):
     assert Path(retry.user_attrs["resume_from"]).parent.parent == second
     assert retry.user_attrs["run_dir"] == str(second)
     metrics = json.loads((second / "metrics.json").read_text())
-    assert metrics["epochs"] == 3  # the resumed run finished its own epochs, in its own folder
+    assert metrics["epochs"] == 5  # the resumed run finished its own epochs, in its own folder
+    # Trials 0 and 1 have the same parameters and seed: resuming was exact.
+    assert trials[0].params == trials[1].params and retry.value == trials[0].value
     # Trial 0 ran once: one run directory holds its metrics.
     first_runs = list((tmp_path / "outputs" / "train" / "multiruns").glob("*/*/0/metrics.json"))
     assert len(first_runs) == 1

@@ -54,17 +54,15 @@ class TrialReporter(L.Callback):
             self.link.set(ATTR_EPOCHS, trainer.current_epoch + 1)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.link is None or self.pruned_at_epoch is not None:
+        # Every rank takes the same path up to the broadcast (only rank zero holds the link).
+        if trainer.sanity_checking or self.pruned_at_epoch is not None:
             return
         value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            return
-        value = float(value)
-        if not math.isfinite(value):
+        if value is None or not math.isfinite(float(value)):
             return
         prune = False
-        if trainer.is_global_zero:
-            prune = self.link.report(value, step=trainer.current_epoch)
+        if trainer.is_global_zero and self.link is not None:
+            prune = self.link.report(float(value), step=trainer.current_epoch)
         prune = bool(trainer.strategy.broadcast(prune))
         if prune:
             self.pruned_at_epoch = trainer.current_epoch
