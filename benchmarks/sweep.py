@@ -1,7 +1,8 @@
 """The sweep engine's targets on the sweep-sized demo (experiment=demo_sweep), on this machine.
 
     python benchmarks/sweep.py [--part pruning|resume|parallel|all] [--images 240] [--trials 16]
-                               [--epochs 10] [--out /tmp/imgcap-sweep-bench] [--json]
+                               [--epochs 10] [--out /tmp/imgcap-sweep-bench] [--threads 1] [--no-java]
+                               [--override monitor=val/CIDEr] [--json]
 
 (a) pruning:  a ``--trials`` sweep over lr x attention size with pruner=median, and the same
     sweep with pruner=none (same sampler seed): best validation score of each, their
@@ -53,6 +54,7 @@ def sweep_command(root: Path, args: argparse.Namespace, *extra: str) -> list[str
         f"paths.root_dir={root}",
         "hydra.sweeper.sampler.seed=1234",
         "hydra.sweeper.sampler.n_startup_trials=4",
+        *args.override,
         *extra,
     ]
 
@@ -218,6 +220,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/imgcap-sweep-bench"))
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS per trial")
     parser.add_argument("--no-java", action="store_true", help="score without the JVM tokenizer")
+    parser.add_argument(
+        "--override", action="append", default=[], help="extra override for every sweep"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.threads:

@@ -392,6 +392,8 @@ def test_hydra_finds_the_sweeper_and_a_rerun_continues_the_study(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     study = journal_study(tmp_path)
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 5
+    # The rerun's seeded sampler does not draw the first run's points again.
+    assert len({t.params["x"] for t in study.get_trials()}) == 5
     numbers = [int(line.split()[0]) for line in (tmp_path / "runs.txt").read_text().splitlines()]
     assert sorted(numbers) == [0, 1, 2, 3, 4]
     status = subprocess.run(

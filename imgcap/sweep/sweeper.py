@@ -158,6 +158,9 @@ class HydraSweep:
         spec = pruner_spec(s.pruner, s.pruner_settings)
         build_pruner(spec["name"], spec["settings"])  # a wrong setting: one line, now
         study = open_study(study_name, storage_url, s.direction, build_sampler(s.sampler), spec)
+        continued = len(study.get_trials(deepcopy=False))
+        if continued:
+            study.sampler = self._continuing_sampler(study.sampler, continued)
         study.set_user_attr("imgcap.objective", objective)
         study.set_user_attr("imgcap.search_space", space.describe())
 
@@ -257,6 +260,17 @@ class HydraSweep:
         else:
             log.info("no trial completed (%s); results in %s", counts, sweep_dir)
         return summary
+
+    def _continuing_sampler(self, sampler: Any, offset: int) -> Any:
+        """A rerun continues the study with the sampler seeded ``seed + trials so far``: with
+        the same seed it would draw its first (random start-up) points again."""
+        node = OmegaConf.select(self.config, "hydra.sweeper.sampler")
+        spec = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else None
+        if not isinstance(spec, dict) or spec.get("seed") is None:
+            return sampler
+        spec["seed"] = int(spec["seed"]) + offset
+        log.info("continuing the study: sampler seed %d", spec["seed"])
+        return build_sampler(spec)
 
     # ------------------------------------------------------------------ running jobs
     def _run_in_worker(self, job: Any) -> Any:
