@@ -113,8 +113,8 @@ def part_pruning(args: argparse.Namespace, out: Path) -> dict:
         extra = [f"hydra.sweeper.n_trials={args.trials}", f"hydra.sweeper.pruner={name}"]
         if name == "median":
             extra += [
-                "+hydra.sweeper.pruner_settings.n_startup_trials=4",
-                "+hydra.sweeper.pruner_settings.n_warmup_steps=2",
+                f"+hydra.sweeper.pruner_settings.n_startup_trials={args.startup}",
+                f"+hydra.sweeper.pruner_settings.n_warmup_steps={args.warmup}",
             ]
         log = open(out / f"pruning_{name}.log", "w")  # closed below
         cmd = sweep_command(out / f"pruning_{name}", args, *extra)
@@ -217,6 +217,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--trials", type=int, default=16, help="trials of the pruning sweeps")
     parser.add_argument("--parallel-trials", type=int, default=4)
+    parser.add_argument("--startup", type=int, default=4, help="median pruner n_startup_trials")
+    parser.add_argument("--warmup", type=int, default=2, help="median pruner n_warmup_steps")
     parser.add_argument("--out", type=Path, default=Path("/tmp/imgcap-sweep-bench"))
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS per trial")
     parser.add_argument("--no-java", action="store_true", help="score without the JVM tokenizer")

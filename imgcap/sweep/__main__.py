@@ -18,9 +18,13 @@ def status(storage_url: str, study_name: str | None) -> str:
     import optuna
 
     from imgcap.sweep.results import best_summary, trial_rows
-    from imgcap.sweep.storage import open_storage
+    from imgcap.sweep.storage import is_journal, journal_path, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if is_journal(storage_url) and not journal_path(storage_url).is_file():
+        raise ImgcapError(
+            f"no journal file at {storage_url} (studies live in outputs/train/studies/)"
+        )
     storage = open_storage(storage_url)
     names = [study_name] if study_name else [s.study_name for s in storage.get_all_studies()]
     if not names:
