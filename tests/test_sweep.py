@@ -497,3 +497,22 @@ def test_the_slurm_launcher_composes_with_the_sweep(tmp_path):
     assert hydra_cfg.launcher._target_.endswith("SlurmLauncher")
     assert hydra_cfg.launcher.gpus_per_node == 1
     assert hydra_cfg.sweeper._target_.endswith("ImgcapOptunaSweeper")
+
+
+def test_wandb_runs_of_a_study_are_grouped_by_the_study_and_named_by_trial(tmp_path, monkeypatch):
+    from imgcap.loggers import sweep_job
+    from tests.hydra_helpers import compose_train
+
+    compose_train(
+        tmp_path,
+        [
+            "experiment=demo",
+            "hparams_search=optuna",
+            "model.decoder.attention_dim=64",
+            f"hydra.sweep.dir={tmp_path}/multiruns/2026-01-31/12-00-00",
+        ],
+    )
+    monkeypatch.setenv(ENV_STORAGE, str(tmp_path / "s.journal"))
+    monkeypatch.setenv(ENV_STUDY, "demo-1234abcd")
+    monkeypatch.setenv(ENV_TRIAL, "3")
+    assert sweep_job() == ("demo-1234abcd", "trial3:model.decoder.attention_dim=64")
