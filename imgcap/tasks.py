@@ -219,7 +219,8 @@ def train(cfg: DictConfig) -> float | None:
         metrics["epochs"] = trainer.current_epoch
         if pruned_at is not None:
             metrics.update(trial_state="pruned", pruned_at_epoch=pruned_at)
-            mark_pruned(output_dir, loggers, pruned_at)
+            if trainer.is_global_zero:
+                mark_pruned(output_dir, loggers, pruned_at)
         scored = model.latest_scores.get("test") or model.latest_scores.get("val")
         metrics.update(
             {
