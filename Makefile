@@ -27,8 +27,8 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(PY) -m ruff check imgcap tests benchmarks train.py evaluate.py caption.py
-	$(PY) -m ruff format --check imgcap tests benchmarks train.py evaluate.py caption.py
+	$(PY) -m ruff check imgcap hydra_plugins tests benchmarks train.py evaluate.py caption.py
+	$(PY) -m ruff format --check imgcap hydra_plugins tests benchmarks train.py evaluate.py caption.py
 
 clean:
 	rm -rf outputs wandb .pytest_cache

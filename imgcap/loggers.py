@@ -116,7 +116,13 @@ def sweep_job() -> tuple[str, str] | None:
         if swept and key not in swept:
             continue
         parts.append(f"{key}={value}")
-    return group, ",".join(parts) or f"job{hydra_cfg.job.num}"
+    name = ",".join(parts) or f"job{hydra_cfg.job.num}"
+    from imgcap.sweep.trial_link import trial_address
+
+    trial = trial_address()
+    if trial is not None:  # an Optuna study: its runs form one group, across reruns too
+        return trial.study, f"trial{trial.number}:{name}"
+    return group, name
 
 
 def swept_keys(sweep_dir: Path) -> set[str]:

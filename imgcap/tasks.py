@@ -51,6 +51,7 @@ from imgcap.resume import (
     resume_config,
     signal_stop,
 )
+from imgcap.sweep.reporter import mark_pruned, reporter_for_this_job, trial_summary
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -165,6 +166,8 @@ def train(cfg: DictConfig) -> float | None:
     loggers = build_loggers(cfg)  # first: it fixes the W&B run id that checkpoints keep
     run_config = OmegaConf.to_container(cfg, resolve=True)
     overrides, choices = job_overrides()
+    # In a sweep: report to the Optuna trial after each validation, stop when pruned.
+    trial_reporter = reporter_for_this_job(str(cfg.monitor))
     # The guard comes first: its checks run before any checkpoint callback saves.
     callbacks = [
         FiniteGuard(),
@@ -173,6 +176,7 @@ def train(cfg: DictConfig) -> float | None:
         RngState(),
         ValidateAfterLastEpoch(),
         TrimRepeatedRows(),
+        *([trial_reporter] if trial_reporter else []),
     ]
     extra: dict[str, Any] = {}
     if "enable_model_summary" not in cfg.trainer:
@@ -209,7 +213,8 @@ def train(cfg: DictConfig) -> float | None:
                     if trainer.checkpoint_callback
                     else ""
                 )
-                if cfg.get("test"):
+                pruned_at = trial_reporter.pruned_at_epoch if trial_reporter else None
+                if cfg.get("test") and pruned_at is None:
                     # Without a checkpoint (fast_dev_run) the final weights are tested. The
                     # project's own table below replaces Lightning's.
                     trainer.test(
@@ -234,6 +239,10 @@ def train(cfg: DictConfig) -> float | None:
                 raise interrupted(trainer, stop, output_dir) from err
         metrics["best_checkpoint"] = best_path or None
         metrics["epochs"] = trainer.current_epoch
+        if pruned_at is not None:
+            metrics.update(trial_state="pruned", pruned_at_epoch=pruned_at)
+            if trainer.is_global_zero:
+                mark_pruned(output_dir, loggers, pruned_at)
         scored = model.latest_scores.get("test") or model.latest_scores.get("val")
         metrics.update(
             {
@@ -254,6 +263,8 @@ def train(cfg: DictConfig) -> float | None:
             write_json(output_dir / "metrics.json", metrics)
             summary = {k: v for k, v in metrics.items() if k.startswith("test/")}
             summary.update(best_checkpoint=metrics["best_checkpoint"], model_params=params)
+            if trial_reporter:
+                summary.update(trial_summary(trial_reporter))
             log_run_summary(loggers, summary, [output_dir / "metrics.json"])
     finally:
         finish_loggers(loggers)

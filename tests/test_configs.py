@@ -85,7 +85,7 @@ def test_monitor_is_shared_by_checkpoint_early_stopping_and_sweep(tmp_path):
 
 
 def test_optuna_search_composes(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("hydra_plugins.imgcap_sweeper")
     cfg = compose_train(tmp_path, ["hparams_search=optuna"])
     sweeper = HydraConfig.get().sweeper
     assert cfg.optimized_metric == "val/CIDEr"
@@ -133,7 +133,7 @@ def test_optional_local_config_is_applied_when_present(tmp_path):
 
 
 def test_sweep_direction_follows_monitor_mode(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("hydra_plugins.imgcap_sweeper")
     compose_train(tmp_path, ["hparams_search=optuna", "monitor=val/loss", "monitor_mode=min"])
     assert HydraConfig.get().sweeper.direction == "minimize"
 

@@ -65,7 +65,7 @@ def test_sweep_runs_are_grouped_by_time_and_experiment_and_named_without_paths(t
     assert name == "model.decoder.attention_dim=64,trainer.max_epochs=1"
     assert str(tmp_path) not in name
     # With a sweeper that lists its parameters (Optuna), only those name the run.
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("hydra_plugins.imgcap_sweeper")
     compose_train(tmp_path, [*overrides, "hparams_search=optuna"])
     assert sweep_job()[1] == "model.decoder.attention_dim=64"
 

@@ -38,7 +38,7 @@ def run_script(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Com
 
 @pytest.mark.slow
 def test_optuna_sweep_of_the_demo_returns_a_float_objective(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("hydra_plugins.imgcap_sweeper")
     sweep = tmp_path / "sweep"
     done = run_script(
         [

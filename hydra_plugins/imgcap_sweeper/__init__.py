@@ -1,0 +1,1 @@
+"""imgcap's Optuna sweeper, declared to Hydra (the code lives in :mod:`imgcap.sweep`)."""
