@@ -343,6 +343,8 @@ def run_metrics(run: Path) -> tuple[dict, str]:
     for key in ("best_checkpoint", "caption_file", "split_file"):  # paths of the run's own
         metrics.pop(key)  # folders (the compared runs sit in different ones)
     metrics.pop("timings", None)  # wall-clock seconds per phase: never equal between two runs
+    # where the run came from (its overrides, its resumes): compared runs differ there on purpose
+    metrics.pop("provenance", None)
     return metrics, (run / "weights.sha256").read_text()
 
 
