@@ -163,7 +163,8 @@ def assign_wandb_identity(cfg: DictConfig) -> None:
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if wandb_cfg is None or "WandbLogger" not in str(wandb_cfg.get("_target_", "")):
         return
-    output_dir = Path(cfg.paths.output_dir)
+    # The run directory; a bare logger config (the Python API) keeps the id beside its files.
+    output_dir = Path(OmegaConf.select(cfg, "paths.output_dir") or wandb_cfg.get("save_dir") or ".")
     id_file = output_dir / RUN_ID_FILE
     run_id = wandb_cfg.get("id")
     if not run_id and id_file.is_file():
