@@ -137,7 +137,7 @@ def base_cfg(tmp_path_factory):
             "data=shapes",
             "model.encoder.arch=small_cnn",
             "model.encoder.weights=null",
-            "+model.encoder.width=8",
+            "++model.encoder.width=8",
             "model.decoder.attention_dim=8",
             "model.decoder.embed_dim=8",
             "model.decoder.decoder_dim=8",

@@ -17,7 +17,7 @@ from imgcap.phase_timing import PHASES
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRIAL = [
     "model.encoder.arch=small_cnn",
-    "+model.encoder.width=32",
+    "++model.encoder.width=32",
     "model.encoded_size=2",
     "data.image_size=32",
     "model.decoder.attention_dim=32",
