@@ -143,6 +143,8 @@ class StudyRunner:
         self._started = time.monotonic()
         self._last_beat = 0.0
         self._stop_signal: int | None = None
+        self._pool: WorkerPool | None = None
+        self._forwarded = False
         self.ran: list[int] = []  # trial numbers this process ran (for tests and logs)
 
     # ------------------------------------------------------------------ storage bookkeeping
@@ -306,24 +308,29 @@ class StudyRunner:
                 signal.Signals(signum).name,
             )
         self._stop_signal = signum
+        # Pass SIGTERM on at once: the loop may sit in a wait of up to 5 s, long enough for a
+        # short trial to finish and be counted complete although the sweep was stopped.
+        if self._pool is not None and not self._forwarded:
+            self._forwarded = True
+            self._pool.signal_all(signal.SIGTERM)
 
     def run(self, slots: list[Slot], run_job: Callable[[TrialJob], Any]) -> None:
         """Keep every slot busy until the study has ``n_trials`` finished trials (or the
         timeout passes); raises :class:`SweepInterrupted` after SIGTERM/SIGINT, with the
         storage consistent (interrupted trials failed and queued again)."""
         pool = WorkerPool(run_job, slots)
+        self._pool, self._forwarded = pool, False
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, self._on_signal)
         try:
             self.reclaim(at_start=True)
-            forwarded = False
             while True:
-                if self._stop_signal is not None and not forwarded:
+                if self._stop_signal is not None and not self._forwarded:
                     # A terminal's Ctrl-C reached the workers already; SIGTERM must be passed on.
                     pool.signal_all(signal.SIGTERM)
-                    forwarded = True
+                    self._forwarded = True
                 while pool.free_slots and self.can_start():
                     pool.start(self.next_job(), pool.free_slots[0])
                 if not pool.busy:
@@ -336,6 +343,7 @@ class StudyRunner:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            self._pool = None
         if self._stop_signal is not None:
             raise SweepInterrupted(self._stop_signal)
         if self.time_is_up():
