@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from imgcap import tasks
-from imgcap.cli import prepare_environment, run_task
+from imgcap.run import tasks
+from imgcap.run.cli import prepare_environment, run_task
 
 prepare_environment(__file__)
 

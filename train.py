@@ -5,10 +5,10 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from imgcap import tasks
-from imgcap.cli import prepare_environment, run_task
 from imgcap.config_aliases import canonical_overrides
-from imgcap.resume import resume_arguments
+from imgcap.run import tasks
+from imgcap.run.cli import prepare_environment, run_task
+from imgcap.run.resume import resume_arguments
 
 prepare_environment(__file__)
 # The design card's flat keys (model.attention_dim=512) name where the setting lives now.

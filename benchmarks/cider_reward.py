@@ -37,8 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imgcap.data.vocab import normalize_caption  # noqa: E402
 from imgcap.metrics import CiderD  # noqa: E402
+from imgcap.vocab import normalize_caption  # noqa: E402
 
 _WORDS = {
     "who": "a man|a woman|two dogs|a child|a girl in red|a brown dog|three people|a boy".split("|"),

@@ -25,8 +25,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imgcap.data.vocab import END_ID, PAD_ID, START_ID  # noqa: E402
-from imgcap.models import AttentionLSTMDecoder, beam_search, greedy_decode  # noqa: E402
+from imgcap.decoders import AttentionLSTMDecoder, beam_search, greedy_decode  # noqa: E402
+from imgcap.vocab import END_ID, PAD_ID, START_ID  # noqa: E402
 
 B, T, P, C, DIM, VOCAB, MAX_LEN = 32, 20, 196, 2048, 512, 3000, 20
 

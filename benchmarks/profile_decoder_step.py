@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.run_all import FULL, SMOKE, caption_batches, make_decoder  # noqa: E402
 from benchmarks.textbook import textbook_forward  # noqa: E402
-from imgcap.models.cuda_graphs import GraphedUnroll  # noqa: E402
+from imgcap.decoders.cuda_graphs import GraphedUnroll  # noqa: E402
 from imgcap.objectives import xe_attention_loss  # noqa: E402
 
 

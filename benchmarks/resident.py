@@ -27,9 +27,9 @@ from imgcap.data.resident import (  # noqa: E402
     as_is,
 )
 from imgcap.data.sampler import ResumableSampler  # noqa: E402
-from imgcap.data.vocab import Vocabulary  # noqa: E402
-from imgcap.models.cuda_graphs import GraphedUnroll  # noqa: E402
+from imgcap.decoders.cuda_graphs import GraphedUnroll  # noqa: E402
 from imgcap.objectives import xe_attention_loss  # noqa: E402
+from imgcap.vocab import Vocabulary  # noqa: E402
 
 
 def resident_set(n_images: int, size: dict, device: torch.device, captions: int = 5):

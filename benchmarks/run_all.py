@@ -55,12 +55,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.textbook import textbook_forward  # noqa: E402
-from imgcap.data.vocab import END_ID, PAD_ID, START_ID  # noqa: E402
-from imgcap.models.cuda_graphs import GraphedUnroll  # noqa: E402
-from imgcap.models.decoder import AttentionLSTMDecoder  # noqa: E402
-from imgcap.models.decoding import beam_search  # noqa: E402
-from imgcap.models.encoder import build_encoder  # noqa: E402
+from imgcap.decoders.cuda_graphs import GraphedUnroll  # noqa: E402
+from imgcap.decoders.decoding import beam_search  # noqa: E402
+from imgcap.decoders.lstm_attention import AttentionLSTMDecoder  # noqa: E402
+from imgcap.encoders import build_encoder  # noqa: E402
 from imgcap.objectives import xe_attention_loss  # noqa: E402
+from imgcap.vocab import END_ID, PAD_ID, START_ID  # noqa: E402
 
 # Flickr8k sizes: 14x14 grid of ResNet-50 features, dims 512, ~3k words, captions of 8-23 tokens
 FULL = dict(P=196, C=2048, dim=512, vocab=3000, min_len=8, max_len=23)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from imgcap.models.decoder import AttentionLSTMDecoder
+from imgcap.decoders.lstm_attention import AttentionLSTMDecoder
 
 
 def textbook_forward(

@@ -1,7 +1,7 @@
 """imgcap: Show, Attend and Tell image captioning with PyTorch Lightning and Hydra.
 
-``from imgcap import Captioner`` is the Python API (see :mod:`imgcap.captioner`); it is imported
-on first use so that ``import imgcap.models`` stays free of Lightning.
+``from imgcap import Captioner`` is the Python API (see :mod:`imgcap.api.captioner`); it is imported
+on first use so that ``import imgcap.decoders`` stays free of Lightning.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ __all__ = ["Captioner"]
 
 def __getattr__(name: str) -> Any:
     if name == "Captioner":
-        from imgcap.captioner import Captioner
+        from imgcap.api.captioner import Captioner
 
         return Captioner
     raise AttributeError(f"module 'imgcap' has no attribute {name!r}")

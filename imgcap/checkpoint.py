@@ -27,7 +27,9 @@ from imgcap.errors import CheckpointError
 # ``upgrade_checkpoint`` the step from the previous format.
 #   1: the LSTM decoder's settings at the top of the model's hyperparameters.
 #   2: ``decoder: {name, ...}`` and ``objective: {name, ...}`` (the decoder/objective seams).
-CHECKPOINT_FORMAT = 2
+#   3: the package layout with ``run/``, ``callbacks/``, ``decoders/`` and ``api/``: the run
+#      config's ``_target_`` import paths name the new modules.
+CHECKPOINT_FORMAT = 3
 CHECKPOINT_KEY = "imgcap"
 
 # Format 1 -> 2: model hyperparameters that moved into the decoder / objective dicts.
@@ -53,6 +55,34 @@ def _model_settings_1_to_2(model: dict[str, Any]) -> dict[str, Any]:
     return model
 
 
+# Format 2 -> 3: import paths a run config may hold (``_target_``) that moved with the layout.
+_FORMAT2_TARGETS = {
+    "imgcap.module.CaptioningModule": "imgcap.captioning_module.CaptioningModule",
+    "imgcap.callbacks.EncoderFineTuning": "imgcap.callbacks.schedule.EncoderFineTuning",
+    "imgcap.callbacks.ValidateAfterLastEpoch": "imgcap.callbacks.schedule.ValidateAfterLastEpoch",
+    "imgcap.callbacks.CaptionSampleLogger": "imgcap.callbacks.samples.CaptionSampleLogger",
+    "imgcap.callbacks.FiniteGuard": "imgcap.callbacks.safety.FiniteGuard",
+    "imgcap.callbacks.InterruptCheckpoint": "imgcap.callbacks.safety.InterruptCheckpoint",
+    "imgcap.callbacks.RngState": "imgcap.callbacks.safety.RngState",
+    "imgcap.callbacks.RunConfigInCheckpoint": "imgcap.callbacks.safety.RunConfigInCheckpoint",
+    "imgcap.csv_history.HistoryCSVLogger": "imgcap.run.csv_history.HistoryCSVLogger",
+}
+
+
+def _moved_targets_2_to_3(node: Any) -> Any:
+    """A copy of a format-2 run config with every moved ``_target_`` renamed."""
+    if isinstance(node, dict):
+        return {
+            key: _FORMAT2_TARGETS.get(value, value)
+            if key == "_target_" and isinstance(value, str)
+            else _moved_targets_2_to_3(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_moved_targets_2_to_3(value) for value in node]
+    return node
+
+
 def upgrade_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """Bring a checkpoint of an older format up to :data:`CHECKPOINT_FORMAT`, in memory (the
     file is never rewritten). The weights need no change: only settings moved."""
@@ -62,7 +92,20 @@ def upgrade_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
         config = dict(entry.get("config") or {})
         if isinstance(config.get("model"), dict):
             config["model"] = _model_settings_1_to_2(config["model"])
-        checkpoint[CHECKPOINT_KEY] = {**entry, "config": config, "format": 2, "upgraded_from": 1}
+        checkpoint[CHECKPOINT_KEY] = entry = {
+            **entry,
+            "config": config,
+            "format": 2,
+            "upgraded_from": 1,
+        }
+    if entry.get("format") == 2:
+        config = _moved_targets_2_to_3(entry.get("config") or {})
+        checkpoint[CHECKPOINT_KEY] = {
+            **entry,
+            "config": config,
+            "format": 3,
+            "upgraded_from": entry.get("upgraded_from", 2),
+        }
     return checkpoint
 
 
@@ -137,7 +180,9 @@ def load_captioner(path: str | Path, map_location: str | torch.device = "cpu"):
     Returns ``(module in eval mode, run_config dict)``. Raises CheckpointError with one line
     naming the file when it is missing, unreadable, unsafe or from an incompatible version.
     """
-    from imgcap.module import CaptioningModule  # Lightning import kept off the models' path
+    from imgcap.captioning_module import (
+        CaptioningModule,  # Lightning import kept off the models' path
+    )
 
     path = Path(path).expanduser()
     checkpoint = read_checkpoint(path, map_location)

@@ -16,7 +16,7 @@ Validation is split where the module scores: the decoding runs from ``on_validat
 the end of the last batch; the callbacks' ``on_validation_epoch_end`` hooks listed before this
 one (the sample logger's pictures and overlays) are ``validation samples``; the scoring runs
 from this callback's ``on_validation_epoch_end`` (Lightning calls the callbacks' before the
-module's, where :class:`~imgcap.module.CaptioningModule` computes the scores) to
+module's, where :class:`~imgcap.captioning_module.CaptioningModule` computes the scores) to
 ``on_validation_end``. Hence this callback is listed last in ``conf/callbacks/default.yaml``.
 The checkpoints saved after a validation count as ``checkpointing``.
 """

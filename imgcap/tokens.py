@@ -1,5 +1,5 @@
 """The special tokens and their ids, shared by the data (``imgcap.data``), the networks
-(``imgcap.models``) and the training objectives (``imgcap.objectives``).
+(``imgcap.decoders``) and the training objectives (``imgcap.objectives``).
 
 Ids 0..3 are ``<pad> <start> <end> <unk>`` in that order, so padding is 0 and an encoded
 caption reads ``[<start>, w1, ..., wn, <end>, <pad>, ...]``. Neither ``models`` nor

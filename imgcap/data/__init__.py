@@ -4,7 +4,7 @@ from imgcap.data.annotations import Annotations, detect_layout, load_annotations
 from imgcap.data.datamodule import CaptionDataModule, Flickr8kDataModule
 from imgcap.data.shapes import generate_shapes, is_complete_shapes_dataset
 from imgcap.data.transforms import eval_transform, load_image, train_transform
-from imgcap.data.vocab import Vocabulary
+from imgcap.vocab import Vocabulary
 
 __all__ = [
     "Annotations",

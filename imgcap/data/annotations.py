@@ -80,7 +80,7 @@ class Annotations:
     maps ``train/val/test`` to image ids, each present in ``captions`` and under ``image_dir``.
     ``layout`` is the name of the reader that read ``caption_file``. ``dataset_ids``: the
     dataset's own integer id of each image where the annotation file records one (COCO's
-    ``cocoid``), for COCO-format files (see :mod:`imgcap.coco`).
+    ``cocoid``), for COCO-format files (see :mod:`imgcap.api.coco`).
     """
 
     image_dir: Path

@@ -65,9 +65,9 @@ from imgcap.data.resident import (
 from imgcap.data.sampler import ResumableSampler
 from imgcap.data.shapes import META_FILE, generate_shapes, is_complete_shapes_dataset
 from imgcap.data.transforms import check_image_file, eval_transform, train_transform
-from imgcap.data.vocab import Vocabulary, vocabulary_warning
 from imgcap.errors import ConfigError, DataError
 from imgcap.phase_timing import timed
+from imgcap.vocab import Vocabulary, vocabulary_warning
 
 log = logging.getLogger(__name__)
 

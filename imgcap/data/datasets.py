@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from imgcap.data.feature_cache import FeatureStore
 from imgcap.data.transforms import load_image, to_uint8, uint8_transform
-from imgcap.data.vocab import END_ID, PAD_ID, Vocabulary
+from imgcap.vocab import END_ID, PAD_ID, Vocabulary
 
 
 class ImageFiles:

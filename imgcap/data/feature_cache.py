@@ -15,7 +15,7 @@ The build runs where the encoder is fastest: on the training device (the data mo
 Trainer's root device), in inference mode with large batches. On CUDA the encoder runs in
 channels_last under float16 autocast: the store is float16 anyway, and float16 keeps three more
 mantissa bits than bfloat16, so a cache built on a GPU agrees with one built on the CPU in float32
-to float16 tolerance (tests/test_data_feature_cache.py compares the two dtype paths). A batch
+to float16 tolerance (tests/data/test_feature_cache.py compares the two dtype paths). A batch
 that overflows float16 is recomputed in float32. The build never touches the global RNG state, so
 a cache miss and a cache hit leave training with the same random stream.
 

@@ -15,7 +15,7 @@ resizes and normalises one image at a time in Python. Here:
 Two decode paths, two results: ``"pil"`` (CPU) gives exactly the values of
 :func:`~imgcap.data.transforms.eval_transform`; ``"nvjpeg"`` (CUDA) differs from it by the
 decoders' IDCT and chroma upsampling and by the resampling kernel, within the tolerance that
-tests/test_data_pixels.py states. The feature-cache key records the path, so the two never mix.
+tests/data/test_pixels.py states. The feature-cache key records the path, so the two never mix.
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ from torch.utils.data import Dataset, Sampler
 
 from imgcap.data.datasets import encode_caption
 from imgcap.data.sampler import ResumableSampler
-from imgcap.data.vocab import PAD_ID, Vocabulary
 from imgcap.errors import ConfigError
+from imgcap.vocab import PAD_ID, Vocabulary
 
 log = logging.getLogger(__name__)
 

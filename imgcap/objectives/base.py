@@ -4,7 +4,7 @@ An objective is called by the LightningModule's training step as
 ``objective(decoder, features, batch, teacher_forcing_ratio=r)`` and returns a dict of scalar
 tensors: ``"loss"`` (what is minimised) and anything else worth logging (each is logged as
 ``train/<name>``). It reaches the decoder only through the decoder contract
-(:mod:`imgcap.models.contract`). Objectives are picked by ``model/objective=<name>`` and built
+(:mod:`imgcap.decoders.contract`). Objectives are picked by ``model/objective=<name>`` and built
 from ``{"name": ..., **settings}`` (:data:`OBJECTIVES`); adding one is a registered class.
 
 The training batch (see :mod:`imgcap.data.datasets`): ``captions`` (B, T) long, ``lengths``

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
+from imgcap.decoders.decoding import greedy_decode, sample_captions
 from imgcap.errors import ConfigError
-from imgcap.models.decoding import greedy_decode, sample_captions
 from imgcap.objectives.base import Objective, ObjectiveContext, register_objective
 from imgcap.tokens import END_ID, PAD_ID, START_ID
 

@@ -76,7 +76,7 @@ def reporter_for_this_job(monitor: str) -> TrialReporter | None:
     address = trial_address()
     if address is None:
         return None
-    from imgcap.cli import is_rank_zero
+    from imgcap.run.cli import is_rank_zero
 
     return TrialReporter(monitor, LinkedTrial(address) if is_rank_zero() else None)
 

@@ -1,0 +1,180 @@
+"""Explicit checks of the model and data settings, run before any work, naming the key.
+
+Hydra passes command-line values through as typed by the user (``model.decoder.attention_dim=abc`` is
+the string "abc"); without these checks a bad value surfaces as a torch or Hydra error that
+does not name the key, or (``model.beam_size=0``) only after a full epoch of training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from imgcap.errors import ConfigError
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key, throw_on_missing=True)
+    except Exception as err:  # an interpolation that does not resolve, a missing value
+        raise ConfigError(f"{key}: {str(err).splitlines()[0]}") from None
+
+
+def _int(cfg: DictConfig, key: str, minimum: int, optional: bool = False) -> None:
+    value = _value(cfg, key)
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(
+            f"{key}={value!r} must be an integer >= {minimum}, e.g. {key}={max(minimum, 1)}"
+            + (" (or null)" if optional else "")
+        )
+
+
+def _float(cfg: DictConfig, key: str, low: float, high: float, high_open: bool = False) -> None:
+    value = _value(cfg, key)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and low <= value and (value < high if high_open else value <= high)
+    if not ok:
+        bracket = ")" if high_open else "]"
+        raise ConfigError(f"{key}={value!r} must be a number in [{low}, {high}{bracket}")
+
+
+_ABSENT = object()
+
+
+def _has(node: DictConfig, key: str) -> bool:
+    """Whether the dotted ``key`` is set in ``node`` (to anything, None included)."""
+    return OmegaConf.select(node, key, default=_ABSENT) is not _ABSENT
+
+
+_POSITIVE_INTS = (
+    "decoder.attention_dim",
+    "decoder.embed_dim",
+    "decoder.decoder_dim",
+    "decoder.d_model",
+    "decoder.num_layers",
+    "decoder.num_heads",
+    "decoder.ff_dim",
+    "objective.samples",
+)
+
+
+def _check_plugin_settings(model: DictConfig) -> None:
+    from imgcap.decoders import DECODERS
+    from imgcap.objectives import OBJECTIVES
+
+    for key, registry, fixed in (
+        ("decoder", DECODERS, ("vocab_size", "encoder_dim")),
+        ("objective", OBJECTIVES, ()),
+    ):
+        node = model.get(key)
+        if OmegaConf.is_dict(node) and node.get("name"):
+            registry.check(OmegaConf.to_container(node, resolve=True), *fixed)
+
+
+def check_model_config(cfg: DictConfig) -> None:
+    """``cfg`` is the run config (with ``model``); raises ConfigError naming the first bad key."""
+    model = cfg.get("model")
+    if model is None:
+        return
+    for key in ("encoded_size", "beam_size", "max_len"):
+        if key in model:
+            _int(cfg, f"model.{key}", 1)
+    # A setting the selected decoder or objective does not take (e.g. the card's
+    # model.attention_dim with model/decoder=transformer) is refused before any work.
+    _check_plugin_settings(model)
+    # Sizes of the decoders and objectives imgcap ships; others check their own settings.
+    for key in _POSITIVE_INTS:
+        if _has(model, key):
+            _int(cfg, f"model.{key}", 1)
+    for key in ("decoder.dropout", "decoder.attention_dropout"):
+        if _has(model, key):
+            _float(cfg, f"model.{key}", 0.0, 1.0, high_open=True)
+    for key in ("objective.alpha_c", "objective.temperature"):
+        if _has(model, key):
+            _float(cfg, f"model.{key}", 0.0, math.inf)
+    if "teacher_forcing_ratio" in model:
+        _float(cfg, "model.teacher_forcing_ratio", 0.0, 1.0)
+    if "length_penalty" in model:
+        _float(cfg, "model.length_penalty", -10.0, 10.0)
+    if "val_meteor" in model:
+        from imgcap.captioning_module import VAL_METEOR_CHOICES
+
+        value = _value(cfg, "model.val_meteor")
+        if value not in VAL_METEOR_CHOICES:
+            raise ConfigError(
+                f"model.val_meteor={value!r} must be one of {', '.join(VAL_METEOR_CHOICES)} "
+                "(which validations add METEOR; default last)"
+            )
+    schedule = _value(cfg, "model.teacher_forcing_schedule")
+    if schedule is not None:
+        if not OmegaConf.is_dict(schedule) or set(schedule) != {"end", "epochs"}:
+            raise ConfigError(
+                f"model.teacher_forcing_schedule={schedule!r} must be null or {{end: 0.75, epochs: 10}}"
+            )
+        _float(cfg, "model.teacher_forcing_schedule.end", 0.0, 1.0)
+        _int(cfg, "model.teacher_forcing_schedule.epochs", 1)
+    for key in ("optimizer.lr", "encoder.lr"):
+        if OmegaConf.select(model, key) is not None:
+            _float(cfg, f"model.{key}", 0.0, math.inf)
+
+
+def check_data_config(cfg: DictConfig) -> None:
+    data = cfg.get("data")
+    if data is None:
+        return
+    for key, minimum in (("batch_size", 1), ("image_size", 8), ("min_word_freq", 1)):
+        if key in data:
+            _int(cfg, f"data.{key}", minimum)
+    if "num_workers" in data and _value(cfg, "data.num_workers") != "auto":
+        _int(cfg, "data.num_workers", 0)
+    for key, minimum in (("eval_batch_size", 1), ("max_caption_len", 3), ("limit_train_images", 1)):
+        if key in data:
+            _int(cfg, f"data.{key}", minimum, optional=True)
+    for key in ("split_seed", "shuffle_seed"):
+        if key in data:
+            _int(cfg, f"data.{key}", 0)
+    for key in ("augment", "preload", "cache_features", "pin_memory", "persistent_workers"):
+        value = _value(cfg, f"data.{key}") if key in data else False
+        if not isinstance(value, bool):
+            raise ConfigError(f"data.{key}={value!r} must be true or false")
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Every check that is cheap enough to run before any data is read or model is built."""
+    check_model_config(cfg)
+    check_data_config(cfg)
+    trainer = cfg.get("trainer") or {}
+    if "max_epochs" in trainer:
+        _int(cfg, "trainer.max_epochs", -1)
+    if "check_val_every_n_epoch" in trainer:
+        _int(cfg, "trainer.check_val_every_n_epoch", 1, optional=True)
+    if "precision" in trainer:
+        _precision(cfg)
+
+
+def _precision(cfg: DictConfig) -> None:
+    """trainer.precision among Lightning's values, checked before any work (and before the
+    config tree is shown) rather than when the Trainer is built."""
+    from typing import get_args
+
+    try:
+        from lightning.fabric.connector import (
+            _PRECISION_INPUT_INT,
+            _PRECISION_INPUT_STR,
+            _PRECISION_INPUT_STR_ALIAS,
+        )
+    except ImportError:  # another Lightning release: the Trainer checks it when built
+        return
+
+    value = _value(cfg, "trainer.precision")
+    allowed = [*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS)]
+    allowed += [str(v) for v in get_args(_PRECISION_INPUT_INT)]
+    if value is not None and str(value) not in allowed:
+        raise ConfigError(
+            f"trainer.precision={value!r} is not a precision Lightning knows: use one of "
+            f"{', '.join(get_args(_PRECISION_INPUT_STR))} (or leave the default)"
+        )
