@@ -190,8 +190,8 @@ CACHED = ["data.cache_features=true", "model.encoder.fine_tune=frozen"]
 
 def _train(tmp: Path, resident: str, extra: tuple[str, ...] = ()) -> Path:
     from imgcap.run import tasks
-    from tests.support.hydra_helpers import compose_train
     from tests.run.test_reliability import EXACT
+    from tests.support.hydra_helpers import compose_train
 
     cfg = compose_train(tmp, [*EXACT, *CACHED, f"data.resident={resident}", *extra])
     tasks.train(cfg)
@@ -219,8 +219,8 @@ def test_resident_run_interrupted_mid_epoch_resumes_exactly(resident_run, tmp_pa
     import signal
 
     from imgcap.run import tasks
-    from tests.support.hydra_helpers import compose_train
     from tests.run.test_reliability import run_metrics, signal_at
+    from tests.support.hydra_helpers import compose_train
 
     with pytest.raises(SystemExit) as stopped:
         _train(tmp_path / "first", "host", tuple(signal_at("train", 1, 1, signal.SIGTERM)))

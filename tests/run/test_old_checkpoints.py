@@ -33,7 +33,6 @@ EXPECTED = json.loads((FIXTURES / "checkpoint_format2_expected.json").read_text(
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 
-
 def _targets(node) -> list[str]:
     if isinstance(node, dict):
         found = [node["_target_"]] if isinstance(node.get("_target_"), str) else []

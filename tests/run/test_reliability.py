@@ -24,8 +24,8 @@ from imgcap.errors import CheckpointError, ConfigError, DataError, DivergenceErr
 from imgcap.metrics import CaptionMetric
 from imgcap.run import tasks
 from imgcap.run.cli import one_line, unique_dir
-from tests.support.hydra_helpers import compose_config, compose_train
 from tests.run.test_tasks import TINY
+from tests.support.hydra_helpers import compose_config, compose_train
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}

@@ -26,9 +26,9 @@ from imgcap.run import cli, tasks
 from imgcap.run.console import hydra_error_line, one_line_warning, strip_escapes
 from imgcap.run.loggers import swept_keys
 from imgcap.run.provenance import git_state, provenance
-from tests.support.hydra_helpers import compose_train
 from tests.run.test_reliability import ENV, REPO, signal_at
 from tests.run.test_tasks import TINY
+from tests.support.hydra_helpers import compose_train
 
 
 def run_script(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
