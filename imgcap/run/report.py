@@ -130,13 +130,17 @@ def training_metrics(
 
 
 def report_training(
-    trainer: L.Trainer, loggers: list[Any], metrics: dict[str, Any], trial: TrialReporter | None
+    output_dir: Path,
+    trainer: L.Trainer,
+    loggers: list[Any],
+    metrics: dict[str, Any],
+    trial: TrialReporter | None,
 ) -> None:
-    """On global rank zero: ``metrics.json``, a pruned run's mark, the W&B summary (test
-    scores, best checkpoint, model size, the sweep trial) and the test score table."""
+    """On global rank zero: ``metrics.json`` in ``output_dir``, a pruned run's mark, the W&B
+    summary (test scores, best checkpoint, model size, the sweep trial) and the test score
+    table."""
     if not trainer.is_global_zero:
         return
-    output_dir = Path(trainer.default_root_dir)
     if metrics.get("pruned_at_epoch") is not None:
         mark_pruned(output_dir, loggers, metrics["pruned_at_epoch"])
     path = output_dir / "metrics.json"

@@ -82,9 +82,9 @@ def train(cfg: DictConfig) -> float | None:
     trial = reporter_for_this_job(str(cfg.monitor))  # in a sweep: report, stop when pruned
     trainer = build_trainer(cfg, build_callbacks(cfg, datamodule, loggers, trial), loggers)
     start_logging(loggers, cfg, model, split_info(datamodule))
-    resume_from = cfg.get("ckpt_path") or None
+    resume_from, output_dir = cfg.get("ckpt_path") or None, Path(cfg.paths.output_dir)
     try:
-        with stopping_cleanly(trainer, Path(cfg.paths.output_dir), bool(resume_from)) as stop:
+        with stopping_cleanly(trainer, output_dir, bool(resume_from)) as stop:
             trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
             stop.raise_if_signalled()
             tested = bool(cfg.get("test")) and (trial is None or trial.pruned_at_epoch is None)
@@ -98,7 +98,7 @@ def train(cfg: DictConfig) -> float | None:
                 )
                 stop.raise_if_signalled()
         metrics = training_metrics(cfg, trainer, model, datamodule, trial, tested)
-        report_training(trainer, loggers, metrics, trial)
+        report_training(output_dir, trainer, loggers, metrics, trial)
     finally:
         finish_loggers(loggers)
     return objective_value(cfg, metrics)
