@@ -13,5 +13,5 @@ package: :mod:`~imgcap.run.study_storage` (where a study lives, a journal file b
 from the environment) and :mod:`~imgcap.run.trial_reporter` (the Lightning callback that
 reports and prunes).
 
-Nothing heavy is imported here: the job side is loaded by every training run.
+Nothing heavy is imported here.
 """
