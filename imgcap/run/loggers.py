@@ -226,12 +226,15 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 
 
 def start_logging(
-    loggers: list[Logger], cfg: DictConfig, model: torch.nn.Module, data_split: dict[str, Any]
+    loggers: list[Logger],
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    data_split: dict[str, Any],
+    params: dict[str, int],
 ) -> None:
     """What each logger records before training: the resolved run config with the data split
-    and the model's size as hyperparameters, and (W&B) the watched model."""
+    and the model's parameter counts as hyperparameters, and (W&B) the watched model."""
     run_config = OmegaConf.to_container(cfg, resolve=True)
-    params = parameter_counts(model)
     for logger in loggers:
         logger.log_hyperparams({**run_config, "data_split": data_split, "model_params": params})
     watch_model(loggers, cfg, model)

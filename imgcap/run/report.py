@@ -46,21 +46,23 @@ def format_scores(scores: dict[str, float], title: str) -> str:
     return "\n".join(lines)
 
 
-def describe_run(datamodule: Any, model: Any) -> None:
-    """The data split and the model's size, in a few lines (rank zero only)."""
+def describe_run(datamodule: Any, model: Any) -> dict[str, int]:
+    """The data split and the model's size, in a few lines (rank zero only); returns the
+    parameter counts as they are at the start (the encoder may unfreeze later)."""
     from imgcap.run.cli import is_rank_zero
 
+    params = parameter_counts(model)
     if not is_rank_zero():
-        return
+        return params
     annotations = getattr(datamodule, "annotations", None)
     if annotations is not None:
         log.info(annotations.describe())
-    params = parameter_counts(model)
     log.info(
         f"model: {human_count(params['total'])} parameters "
         f"({human_count(params['trainable'])} trainable; encoder "
         f"{human_count(params.get('encoder', 0))}, decoder {human_count(params.get('decoder', 0))})"
     )
+    return params
 
 
 def split_info(datamodule: Any) -> dict[str, Any]:
@@ -96,10 +98,12 @@ def training_metrics(
     datamodule: Any,
     trial: TrialReporter | None,
     tested: bool,
+    model_params: dict[str, int],
 ) -> dict[str, Any]:
     """``metrics.json`` of a training run: the best epoch's validation scores, the test scores
     (when ``tested``), the best checkpoint, how the scores were made (decoding, scoring), the
-    model's size, the data split, provenance and the time per phase."""
+    model's size at the start (``model_params``), the data split, provenance and the time per
+    phase."""
     metrics: dict[str, Any] = dict(model.best_val_scores)
     test_scores = model.latest_scores.get("test", {}) if tested else {}
     metrics.update({f"test/{k}": v for k, v in test_scores.items()})
@@ -117,7 +121,7 @@ def training_metrics(
             "max_len": int(model.hparams.max_len),
             "init_from": str(cfg.init_from) if cfg.get("init_from") else None,
             "scoring": scoring_info(scored),
-            "model_params": parameter_counts(model),
+            "model_params": model_params,
             "provenance": provenance(
                 cfg.get("seed"), job_overrides()[0], Path(cfg.paths.output_dir)
             ),

@@ -77,11 +77,11 @@ def train(cfg: DictConfig) -> float | None:
     """
     cfg = begin_training(cfg)
     datamodule, model = build_data_and_model(cfg)
-    describe_run(datamodule, model)
+    params = describe_run(datamodule, model)  # parameter counts at the start
     loggers = build_loggers(cfg)  # first: it fixes the W&B run id that checkpoints keep
     trial = reporter_for_this_job(str(cfg.monitor))  # in a sweep: report, stop when pruned
     trainer = build_trainer(cfg, build_callbacks(cfg, datamodule, loggers, trial), loggers)
-    start_logging(loggers, cfg, model, split_info(datamodule))
+    start_logging(loggers, cfg, model, split_info(datamodule), params)
     resume_from, output_dir = cfg.get("ckpt_path") or None, Path(cfg.paths.output_dir)
     try:
         with stopping_cleanly(trainer, output_dir, bool(resume_from)) as stop:
@@ -97,7 +97,7 @@ def train(cfg: DictConfig) -> float | None:
                     verbose=False,  # the project's own table replaces Lightning's
                 )
                 stop.raise_if_signalled()
-        metrics = training_metrics(cfg, trainer, model, datamodule, trial, tested)
+        metrics = training_metrics(cfg, trainer, model, datamodule, trial, tested, params)
         report_training(output_dir, trainer, loggers, metrics, trial)
     finally:
         finish_loggers(loggers)
