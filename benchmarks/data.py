@@ -168,7 +168,7 @@ def cache_speedup(shapes: Path, cache_dir: Path, workers: int) -> dict[str, floa
     plain = CaptionDataModule(**common)
     plain.setup("fit")
     cached = CaptionDataModule(**common, cache_features=True)
-    cached.setup("fit")
+    cached.prepare_vocabulary()
     cached.attach_feature_encoder(encoder, {"arch": "resnet18", "weights": None, "grid": 7})
     t0 = time.perf_counter()
     cached.setup("fit")

@@ -330,7 +330,7 @@ def gpu_data_rates(device: torch.device, n: int, arch: str, image_size: int, wor
             cache_features=True,
             quiet=True,
         )
-        dm.setup("fit")
+        dm.prepare_vocabulary()
         dm.attach_feature_encoder(enc, {"arch": arch, "weights": None, "grid": 14})
         t0 = time.perf_counter()
         dm.setup("fit")

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from imgcap.sweep.storage import open_storage  # noqa: E402
+from imgcap.run.study_storage import open_storage  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -17,7 +17,7 @@ Everything needed to rebuild it is in its hyperparameters (plain values only), s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as L
@@ -69,8 +69,12 @@ class CaptioningModule(L.LightningModule):
             (not under DDP).
         channels_last: ``auto | true | false``: NHWC memory format for the encoder on CUDA
             (faster convolutions on tensor cores); ``auto`` = on CUDA only.
-        built_encoder: the encoder ``encoder`` describes, already built (the task builds it
-            first to fill the feature cache with it); not a hyperparameter.
+        built_encoder: the encoder ``encoder`` describes, already built (the run builds it
+            first, to fill the feature cache with it); not a hyperparameter.
+        train_references: for each training image, its raw reference captions (what an
+            objective such as SCST's CIDEr-D reward counts document frequencies over), given by
+            the run from the data; not a hyperparameter (never stored in checkpoints), None
+            when the module only captions.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class CaptioningModule(L.LightningModule):
         cuda_graphs: bool | str = "auto",
         channels_last: bool | str = "auto",
         built_encoder: ImageEncoder | None = None,
+        train_references: Sequence[Sequence[str]] | None = None,
     ) -> None:
         super().__init__()
         _check_switch("cuda_graphs", cuda_graphs)
@@ -107,9 +112,13 @@ class CaptioningModule(L.LightningModule):
         decoder = dict(decoder or {"name": "lstm_attention"})
         objective = dict(objective or {"name": "xe"})
         # Partials are code, not settings: a checkpoint must load with weights_only unpickling.
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "built_encoder"], logger=False)
+        # Data given at build time is not a setting either (and would bloat every checkpoint).
+        self.save_hyperparameters(
+            ignore=["optimizer", "scheduler", "built_encoder", "train_references"], logger=False
+        )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.train_references = train_references
 
         self.vocab = Vocabulary.from_dict({"itos": list(vocab)})
         encoder_cfg = dict(encoder)
@@ -154,6 +163,19 @@ class CaptioningModule(L.LightningModule):
         if self._channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.encoder(images)
+
+    @torch.no_grad()
+    def caption_batch(
+        self,
+        batch: dict[str, Any],
+        beam_sizes: Sequence[int | None] = (None,),
+        max_len: int | None = None,
+    ) -> list[tuple[list[str], DecodeResult]]:
+        """The evaluation step: encode a batch once (images or cached features), then decode it
+        with each beam size (None: the model's own); one ``(captions, DecodeResult)`` per beam
+        size. Validation, test and ``evaluate.py`` all caption through here."""
+        features = self.encode(batch)  # (B, P, C)
+        return [self.caption_features(features, beam_size=k, max_len=max_len) for k in beam_sizes]
 
     @torch.no_grad()
     def caption_features(
@@ -231,13 +253,11 @@ class CaptioningModule(L.LightningModule):
             enable_graphs()
 
     def objective_context(self) -> ObjectiveContext:
-        """The vocabulary, and the training references when the data module lists them."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        list_references = getattr(datamodule, "train_references", None)
+        """The vocabulary, and the training references the module was built with."""
         return ObjectiveContext(
             words=self.vocab.itos,
             normalize=normalize_caption,
-            train_references=list_references() if list_references is not None else None,
+            train_references=self.train_references,
             max_len=int(self.hparams.max_len),
         )
 
@@ -254,7 +274,7 @@ class CaptioningModule(L.LightningModule):
             self.val_best(torch.tensor(float(self.best_val_scores[key])))
 
     def _eval_step(self, batch: dict[str, Any], metric: CaptionMetric) -> dict[str, Any]:
-        hypotheses, result = self.caption_features(self.encode(batch))
+        [(hypotheses, result)] = self.caption_batch(batch)
         metric.update(hypotheses, batch["references"], batch["image_ids"])
         return {"hypotheses": hypotheses, "alphas": result.alphas}
 
@@ -311,7 +331,7 @@ class CaptioningModule(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Returns one ``{image_id, caption, words, alphas (L, P)}`` dict per image."""
-        captions, result = self.caption_features(self.encode(batch))
+        [(captions, result)] = self.caption_batch(batch)
         ids = batch.get("image_ids") or [str(i) for i in range(len(captions))]
         return [
             {"image_id": i, "caption": c, "words": c.split(), "alphas": a.cpu()}

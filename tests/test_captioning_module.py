@@ -122,3 +122,29 @@ def test_saved_checkpoint_needs_no_pretrained_weights(tmp_path):
     model.on_save_checkpoint(checkpoint)
     assert checkpoint["hyper_parameters"]["encoder"]["weights"] is None
     assert model.hparams.encoder["fine_tune"] == "all"  # the live hyperparameters are untouched
+
+
+def test_one_evaluation_step_serves_every_beam_size_and_the_captioner():
+    """Validation, test and evaluate.py caption through ``caption_batch``: encode once, decode
+    with each beam size, the same captions as decoding the features directly."""
+    from imgcap.api.captioner import Captioner
+
+    torch.manual_seed(0)
+    vocab = Vocabulary.from_dict({"itos": ["<pad>", "<start>", "<end>", "<unk>", "a", "red"]})
+    model = small_module(vocab).eval()
+    images = torch.randn(3, 3, 32, 32)
+    batch = {"images": images, "references": [["a red"]] * 3, "image_ids": ["x", "y", "z"]}
+    decoded = model.caption_batch(batch, beam_sizes=[1, 2], max_len=5)
+    features = model.encode(batch)
+    for (captions, _), k in zip(decoded, [1, 2], strict=True):
+        assert captions == model.caption_features(features, beam_size=k, max_len=5)[0]
+
+    calls = []
+    original = model.caption_batch
+    model.caption_batch = lambda *a, **kw: calls.append(kw) or original(*a, **kw)
+    split = Captioner(model, image_size=32, device="cpu").caption_batches(
+        [batch], beam_sizes=[1, 2], max_len=5
+    )
+    assert calls == [{"beam_sizes": [1, 2], "max_len": 5}]
+    assert split.hypotheses == {1: decoded[0][0], 2: decoded[1][0]}
+    assert split.image_ids == ["x", "y", "z"] and split.references == batch["references"]

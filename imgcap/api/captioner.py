@@ -13,8 +13,8 @@ drawn on it land where the model looked. ``caption.py`` and ``evaluate.py`` use 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,6 +42,20 @@ class Caption:
     words: list[str]
     attention: torch.Tensor
     image: Image.Image
+
+
+@dataclass
+class SplitCaptions:
+    """The captions of a whole split, for each beam size, in loader order.
+
+    hypotheses: beam size -> one caption per image; references: each image's reference
+    captions; image_ids: the images, in the same order.
+    """
+
+    beam_sizes: list[int]
+    hypotheses: dict[int, list[str]] = field(default_factory=dict)
+    references: list[list[str]] = field(default_factory=list)
+    image_ids: list[str] = field(default_factory=list)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -169,6 +183,29 @@ class Captioner:
         )
 
     @torch.inference_mode()
+    def caption_batches(
+        self,
+        batches: Iterable[dict[str, Any]],
+        beam_sizes: Sequence[int],
+        max_len: int | None = None,
+    ) -> SplitCaptions:
+        """Caption evaluation batches (the data module's: ``images`` or ``features``,
+        ``references``, ``image_ids``) with each beam size, encoding each batch once: the
+        module's own evaluation step (:meth:`CaptioningModule.caption_batch`)."""
+        sizes = [check_beam_size(k) for k in beam_sizes]
+        out = SplitCaptions(sizes, {k: [] for k in sizes})
+        for batch in batches:
+            on_device = {
+                k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()
+            }
+            decoded = self.model.caption_batch(on_device, beam_sizes=sizes, max_len=max_len)
+            for k, (captions, _) in zip(sizes, decoded, strict=True):
+                out.hypotheses[k].extend(captions)
+            out.references.extend(batch["references"])
+            out.image_ids.extend(batch["image_ids"])
+        return out
+
+    @torch.inference_mode()
     def __call__(
         self,
         images: ImageInput | Sequence[ImageInput],
@@ -191,8 +228,8 @@ class Captioner:
         for start in range(0, len(images), max(1, int(batch_size))):
             prepared = [self.preprocess(im) for im in images[start : start + batch_size]]
             pixels = torch.stack([t for _, t in prepared]).to(self.device)  # (B, 3, S, S)
-            captions, result = self.model.caption_features(
-                self.model.encoder(pixels), beam_size=beam, max_len=max_len
+            [(captions, result)] = self.model.caption_batch(
+                {"images": pixels}, beam_sizes=[beam], max_len=max_len
             )
             if not attention:
                 out.extend(captions)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,21 @@ class CaptionSampleLogger(L.Callback):
     An objective that samples captions in training (SCST) keeps a few of the last step's in
     ``objective.logged_samples``: they go to ``samples/train_epoch_XXX.json`` and a W&B
     ``train/samples`` table at the end of each training epoch.
+
+    ``pictures``: ``image_id -> (S, S, 3) uint8 | None``, the crop the encoder sees of an image
+    (the data module's ``picture``), given by the run when it builds the callbacks; without it
+    samples on cached features have no picture.
     """
 
-    def __init__(self, num_samples: int = 8, num_attention: int = 2) -> None:
+    def __init__(
+        self,
+        num_samples: int = 8,
+        num_attention: int = 2,
+        pictures: Callable[[str], np.ndarray | None] | None = None,
+    ) -> None:
         self.num_samples = num_samples
         self.num_attention = num_attention
+        self.pictures = pictures
         self._samples: list[dict[str, Any]] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -94,8 +105,8 @@ class CaptionSampleLogger(L.Callback):
         from imgcap.api.visualize import attention_overlay
 
         for sample in self._samples:
-            if sample["image"] is None:  # cached features: the picture comes from disk
-                sample["image"] = self._picture_from_disk(trainer, sample["image_id"])
+            if sample["image"] is None and self.pictures is not None:
+                sample["image"] = self.pictures(sample["image_id"])  # cached features: from disk
         epoch = trainer.current_epoch
         out_dir = Path(trainer.default_root_dir) / "samples"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -117,23 +128,6 @@ class CaptionSampleLogger(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self._log_wandb(logger, overlays)
-
-    @staticmethod
-    def _picture_from_disk(trainer: L.Trainer, image_id: str) -> np.ndarray | None:
-        """The (S, S, 3) uint8 crop the encoder saw when the cache was built (the same resize
-        and centre crop), read from the dataset's image folder; None when unavailable."""
-        from imgcap.data.transforms import load_image, to_uint8
-        from imgcap.errors import DataError
-
-        datamodule = getattr(trainer, "datamodule", None)
-        annotations = getattr(datamodule, "annotations", None)
-        if annotations is None:
-            return None
-        try:
-            image = load_image(annotations.image_path(image_id))
-        except DataError:
-            return None
-        return to_uint8(image, int(datamodule.image_size)).permute(1, 2, 0).numpy()
 
     def _log_wandb(self, logger: WandbLogger, overlays: list) -> None:
         import wandb

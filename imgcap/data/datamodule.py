@@ -1,18 +1,27 @@
-"""The LightningDataModule: validation, vocabulary, datasets and loaders for any caption dataset.
+"""The LightningDataModule: datasets and loaders for any caption dataset, in Lightning's hooks.
 
 Which dataset is a matter of configuration: ``data.root`` and the annotation reader
 (``data.layout``, detected by default; see :mod:`imgcap.data.readers`), with
 ``data.annotations_file`` / ``data.image_dir`` when the files are not where the reader looks.
 
-Hook order and what each one does:
+What the module needs is given when it is built: the settings (checked at once,
+:mod:`imgcap.data.settings`), the vocabulary when it must be a trained model's, and the frozen
+encoder that fills the feature cache (``data.cache_features``). The jobs around it live in their
+own modules: the synthetic set (:mod:`imgcap.data.synthetic`), the image check
+(:mod:`imgcap.data.image_checks`), the vocabulary cache (:mod:`imgcap.data.vocab_cache`), the
+feature caches and their device (:mod:`imgcap.data.feature_stores`) and the training order a
+checkpoint resumes (:class:`~imgcap.data.sampler.TrainingOrder`).
 
-* ``prepare_data`` (once per machine, on local rank zero; the other ranks wait): generate the
-  synthetic set when asked, then the checks below, writing the vocabulary file, and, when a
-  frozen encoder is attached, the feature caches of the splits the Trainer is about to use,
-  computed on the Trainer's device (the GPU when training on one).
-* ``setup(stage)`` (every process): the same checks (cached in-process), load/build the vocabulary,
-  build the datasets for the stage (reading the feature cache, or building it when setup runs
-  without a Trainer; preloading pixels when enabled).
+The run builds it in one direction (:mod:`imgcap.run.builders`): the vocabulary first
+(:meth:`prepare_vocabulary`, the checks included), the model from it, then the Trainer runs
+the hooks once:
+
+* ``prepare_data`` (once per machine, on local rank zero; the other ranks wait): the synthetic
+  set and the checks (done already in the same process: cached), and the feature caches of the
+  splits the Trainer is about to use, computed on the Trainer's device (the GPU when training on
+  one).
+* ``setup(stage)`` (every process): build the datasets for the stage (reading the feature cache,
+  or building it when setup runs without a Trainer; preloading pixels when enabled).
 
 With cached features, ``data.resident`` keeps them in memory (on the training device, or in host
 memory) and the loaders yield whole batches gathered by index (:mod:`imgcap.data.resident`).
@@ -24,21 +33,18 @@ atomic, so a failed run never damages an earlier vocabulary or cache.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from imgcap.data.annotations import Annotations, load_annotations
-from imgcap.data.cache_location import dataset_identity, default_cache_dir, legacy_cache_notice
+from imgcap.data.cache_location import default_cache_dir
 from imgcap.data.datasets import (
     CachedFeatures,
     CaptionEvalDataset,
@@ -48,28 +54,23 @@ from imgcap.data.datasets import (
     collate_eval,
     collate_train,
 )
-from imgcap.data.feature_cache import FeatureStore, build_feature_cache, default_batch_size
-from imgcap.data.pixels import ImageBatches
+from imgcap.data.feature_stores import FeatureStores
+from imgcap.data.image_checks import drop_unreadable_images
 from imgcap.data.readers import check_layout
 from imgcap.data.resident import (
-    RESIDENT_CHOICES,
     IndexBatches,
-    Placement,
     ResidentEvalBatches,
     ResidentFeatures,
     ResidentTrainBatches,
     as_is,
-    choose_placement,
-    feature_shape,
 )
-from imgcap.data.sampler import ResumableSampler
-from imgcap.data.shapes import META_FILE, generate_shapes, is_complete_shapes_dataset
-from imgcap.data.transforms import check_image_file, eval_transform, train_transform
+from imgcap.data.sampler import TrainingOrder
+from imgcap.data.settings import check_data_settings, resolve_num_workers
+from imgcap.data.synthetic import ensure_synthetic
+from imgcap.data.transforms import eval_transform, train_transform
+from imgcap.data.vocab_cache import load_or_build_vocab, vocab_path
 from imgcap.errors import ConfigError, DataError
-from imgcap.phase_timing import timed
-from imgcap.vocab import Vocabulary, vocabulary_warning
-
-log = logging.getLogger(__name__)
+from imgcap.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -81,25 +82,12 @@ _STAGE_SPLITS = {
     None: ("train", "val", "test"),
 }
 
-log = logging.getLogger(__name__)
+_NEEDS_ENCODER = (
+    "data.cache_features=true needs the frozen encoder: build the data module with "
+    "feature_encoder=... and encoder_key=... (or call dm.attach_feature_encoder(...)) before {what}"
+)
 
-
-def resolve_num_workers(value: int | str) -> int:
-    """``auto`` -> one loader worker per CPU this process may use, less one for the main
-    process, at most 8 (JPEG decoding past that rarely pays); an int as given."""
-    if value == "auto":
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            cpus = os.cpu_count() or 1
-        return max(0, min(8, cpus - 1))
-    try:
-        workers = int(value)
-    except (TypeError, ValueError):
-        workers = -1
-    if workers < 0:
-        raise ConfigError(f"data.num_workers must be 'auto' or an int >= 0, got {value!r}")
-    return workers
+__all__ = ["CaptionDataModule", "Flickr8kDataModule", "resolve_num_workers"]
 
 
 class CaptionDataModule(L.LightningDataModule):
@@ -114,6 +102,11 @@ class CaptionDataModule(L.LightningDataModule):
     :mod:`imgcap.data.cache_location`; never the dataset folder unless given).
     ``check_splits``: the splits whose images are checked for integrity (None: all; evaluation
     passes the one it scores).
+
+    Given by the run, not by the config: ``vocab``, a vocabulary that defines the word ids (a
+    trained model's; None: built from the training captions); ``feature_encoder`` and
+    ``encoder_key``, the frozen encoder ((B, 3, S, S) -> (B, P, C)) that fills the feature
+    cache and everything its output depends on (part of the cache key).
     """
 
     def __init__(
@@ -143,27 +136,20 @@ class CaptionDataModule(L.LightningDataModule):
         image_dir: str | None = None,
         check_splits: list[str] | None = None,
         resident: str = "auto",
+        vocab: Vocabulary | None = None,
+        feature_encoder: torch.nn.Module | None = None,
+        encoder_key: dict | None = None,
     ):
         super().__init__()
         self.layout = check_layout(layout)  # an unknown name fails here, before any work
-        if str(captions_per_image) not in ("all", "1"):
-            raise ConfigError(
-                f"data.captions_per_image must be 'all' or 1, got {captions_per_image!r}"
-            )
-        if resident not in RESIDENT_CHOICES:
-            raise ConfigError(
-                f"data.resident must be one of {'|'.join(RESIDENT_CHOICES)}, got {resident!r}"
-            )
-        if bad_images not in ("error", "skip"):
-            raise ConfigError(f"data.bad_images must be 'error' or 'skip', got {bad_images!r}")
-        if max_caption_len is not None and max_caption_len < 3:
-            raise ConfigError(
-                f"data.max_caption_len must be >= 3 (<start>, a word, <end>), got {max_caption_len}"
-            )
-        if batch_size < 1 or image_size < 8:
-            raise ConfigError(
-                f"data.batch_size must be >= 1 and data.image_size >= 8, got {batch_size}, {image_size}"
-            )
+        check_data_settings(
+            captions_per_image=captions_per_image,
+            resident=resident,
+            bad_images=bad_images,
+            max_caption_len=max_caption_len,
+            batch_size=batch_size,
+            image_size=image_size,
+        )
         self.root = Path(root).expanduser()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -188,23 +174,27 @@ class CaptionDataModule(L.LightningDataModule):
         self.image_dir = image_dir
         self.check_splits = list(check_splits) if check_splits is not None else None
         self.resident = resident
-        self._placement: Placement | None = None  # decided once, on the first cache needed
-        self._stores: dict[str, FeatureStore] = {}
-        # Where the training order resumes (epoch, items already seen), from a checkpoint.
-        self._resume_position: tuple[int, int] | None = None
-        self._train_sampler: ResumableSampler | None = None
+        self.stores = FeatureStores(
+            self.cache_dir,
+            image_size,
+            resident,
+            self.eval_batch_size,
+            self.num_workers,
+            quiet,
+        )
+        self.training_order = TrainingOrder(self.shuffle_seed)
 
         self.annotations: Annotations | None = None
-        self._vocab: Vocabulary | None = None
-        self._encoder: torch.nn.Module | None = None
-        self._encoder_key: dict | None = None
+        self._vocab: Vocabulary | None = vocab
         self.datasets: dict[str, Dataset] = {}
+        if feature_encoder is not None:
+            self.attach_feature_encoder(feature_encoder, encoder_key or {})
 
     # ------------------------------------------------------------------ public state
 
     @property
     def vocab(self) -> Vocabulary | None:
-        """The vocabulary: built from the training split in setup, or set from a checkpoint."""
+        """The vocabulary: given, or built from the training split (:meth:`vocabulary`)."""
         return self._vocab
 
     @vocab.setter
@@ -214,75 +204,72 @@ class CaptionDataModule(L.LightningDataModule):
         self.datasets.clear()
 
     def attach_feature_encoder(self, encoder: torch.nn.Module, encoder_key: dict) -> None:
-        """Use ``encoder`` ((B, 3, S, S) -> (B, P, C), frozen) to fill the feature cache in setup.
+        """Use ``encoder`` ((B, 3, S, S) -> (B, P, C), frozen) to fill the feature cache.
 
-        ``encoder_key`` must describe everything its output depends on (architecture, weights,
-        grid size...): it is part of the cache key. Call it before setup, or after a first
-        ``setup("fit")`` (which then only builds the vocabulary) and call setup again.
-        """
-        self._encoder = encoder
-        self._encoder_key = dict(encoder_key)
+        For a data module built before its encoder (scripts, benchmarks); a run gives it to the
+        constructor. ``encoder_key`` must describe everything its output depends on
+        (architecture, weights, grid size...): it is part of the cache key."""
+        self.stores.use_encoder(encoder, encoder_key)
         self.datasets.clear()
-        self._stores.clear()
+
+    def prepare_vocabulary(self) -> Vocabulary:
+        """The data work a model needs before it is built, without the feature caches: the
+        synthetic set when asked, the checks, and the vocabulary (its cache file written).
+        Run once per machine (global rank zero); the other ranks call :meth:`vocabulary`."""
+        if self.synthetic is not None:
+            ensure_synthetic(self.root, self.synthetic, self.quiet)
+        self._load_annotations()  # the checks, also when the vocabulary is given
+        return self.vocabulary()
+
+    def vocabulary(self) -> Vocabulary:
+        """The vocabulary: the given one, else read from its cache file or built from the
+        training captions (checking the annotations and images first)."""
+        if self._vocab is None:
+            ann = self._load_annotations()
+            self._vocab = load_or_build_vocab(ann, self.root, self.cache_dir, self.min_word_freq)
+        return self._vocab
+
+    def train_references(self) -> list[list[str]]:
+        """For each training image, in split order, all its raw reference captions (e.g. the
+        corpus of a CIDEr-D reward's document frequencies). Reads and checks the annotations on
+        first use; honours ``limit_train_images`` and images skipped as unreadable."""
+        ann = self._load_annotations()
+        return [list(ann.captions[name]) for name in ann.splits["train"]]
+
+    def picture(self, image_id: str) -> np.ndarray | None:
+        """The (S, S, 3) uint8 crop the encoder sees of an image (the same resize and centre
+        crop as the feature cache), read from the dataset's image folder; None when it cannot
+        be read."""
+        from imgcap.data.transforms import load_image, to_uint8
+
+        try:
+            image = load_image(self._load_annotations().image_path(image_id))
+        except DataError:
+            return None
+        return to_uint8(image, int(self.image_size)).permute(1, 2, 0).numpy()
+
+    def vocab_path(self) -> Path:
+        """``<cache_dir>/vocab-<hash>.json`` (see :func:`imgcap.data.vocab_cache.vocab_path`)."""
+        return vocab_path(self._load_annotations(), self.root, self.cache_dir, self.min_word_freq)
 
     # ------------------------------------------------------------------ hooks
 
     def prepare_data(self) -> None:
-        if self.synthetic is not None:
-            self._ensure_synthetic()
-        self._load_annotations()
-        self._load_vocab()
-        if self.cache_features and self._encoder is not None:
-            # the splits the Trainer is about to use (fit: train + val; test: test)
-            trainer = getattr(self, "trainer", None)
-            stage = trainer.state.fn.value if trainer is not None and trainer.state.fn else None
+        self.prepare_vocabulary()
+        if self.cache_features and self.stores.has_encoder:
             splits = self._load_annotations().splits
-            for split in _STAGE_SPLITS.get(stage, _STAGE_SPLITS[None]):
+            for split in _STAGE_SPLITS.get(self._trainer_stage(), _STAGE_SPLITS[None]):
                 if splits.get(split):
                     self._feature_store(split)
 
     def setup(self, stage: str | None = None) -> None:
-        self._load_annotations()
-        self._load_vocab()
-        if self.cache_features and self._encoder is None:
-            # The model (hence the encoder) is sized from the vocabulary built just above: the
-            # task attaches the encoder next and calls setup again to build the datasets.
-            return
+        self.vocabulary()
         for split in _STAGE_SPLITS.get(stage, _STAGE_SPLITS[None]):
             if split not in self.datasets:
                 self.datasets[split] = self._make_dataset(split)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)
-
-    def teardown(self, stage: str | None = None) -> None:
-        self.wait_for_cache_files()
-
-    def wait_for_cache_files(self) -> None:
-        """Features kept in memory are written to disk in the background: finish the files."""
-        for store in self._stores.values():
-            store.wait_written()
-
-    # ------------------------------------------------------------------ resuming
-
-    def state_dict(self) -> dict[str, Any]:
-        """Where the training order stands: ``{"epoch", "position"}`` (items already trained on
-        in that epoch), saved in every checkpoint so a resumed run continues the same order."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None or self._train_sampler is None:
-            return {}
-        epoch = int(trainer.current_epoch)
-        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
-        position = done * self.batch_size
-        if position >= self._train_sampler.num_items:
-            epoch, position = epoch + 1, 0  # the epoch's batches are all done: next one's start
-        return {"epoch": epoch, "position": position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            self._resume_position = (int(state["epoch"]), int(state["position"]))
-            if self._train_sampler is not None:
-                self._train_sampler.resume_at(*self._resume_position)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size)
@@ -293,125 +280,62 @@ class CaptionDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size)
 
-    # ------------------------------------------------------------------ internals
+    def teardown(self, stage: str | None = None) -> None:
+        self.wait_for_cache_files()
 
-    def _ensure_synthetic(self) -> None:
-        params = self.synthetic or {}
-        if is_complete_shapes_dataset(self.root, **params):
-            return
-        has_other_data = (
-            self.root.is_dir()
-            and any(self.root.iterdir())
-            and not (self.root / META_FILE).is_file()
-        )
-        if has_other_data:
-            return  # a real dataset lives here: use it, never overwrite it
-        if not self.quiet:
-            log.info(f"Generating the shapes dataset into {self.root} ...")
-        generate_shapes(self.root, overwrite=True, **params)
+    def wait_for_cache_files(self) -> None:
+        """Features kept in memory are written to disk in the background: finish the files."""
+        self.stores.wait_written()
+
+    # ------------------------------------------------------------------ resuming
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training order stands: ``{"epoch", "position"}`` (items already trained on
+        in that epoch), saved in every checkpoint so a resumed run continues the same order."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+        return self.training_order.state(int(trainer.current_epoch), done, self.batch_size)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.training_order.restore(state)
+
+    # ------------------------------------------------------------------ the Trainer's view
+    # Lightning tells prepare_data neither the stage nor the device: both are read from the
+    # Trainer that runs the hooks (absent when a script calls them directly).
+
+    def _trainer_stage(self) -> str | None:
+        """The Trainer's stage (fit, validate, test...) while it runs the hooks, else None."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.state.fn.value if trainer is not None and trainer.state.fn else None
+
+    def _cache_device(self) -> torch.device | None:
+        """Where the feature cache is computed: the Trainer's root device (the GPU), even though
+        the model is moved there only later; None without a Trainer (where the encoder is)."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else None
+
+    # ------------------------------------------------------------------ internals
 
     def _load_annotations(self) -> Annotations:
         if self.annotations is not None:
             return self.annotations
         if self.synthetic is not None and not self.root.exists():
-            self._ensure_synthetic()  # setup() without prepare_data() (e.g. a quick script)
+            ensure_synthetic(
+                self.root, self.synthetic, self.quiet
+            )  # setup() without prepare_data()
         ann = load_annotations(
             self.root, self.split_seed, self.layout, self.annotations_file, self.image_dir
         )
-        self._check_images(ann)
+        drop_unreadable_images(ann, self.check_splits, self.bad_images, self.quiet)
         if self.limit_train_images is not None:
             ann.splits["train"] = ann.splits["train"][: self.limit_train_images]
         self.annotations = ann
         return ann
 
-    def _check_images(self, ann: Annotations) -> None:
-        """Integrity check of every image in a split (markers, then a reduced-scale decode)."""
-        from tqdm.auto import tqdm
-
-        names = sorted(
-            {
-                n
-                for split, ids in ann.splits.items()
-                if self.check_splits is None or split in self.check_splits
-                for n in ids
-            }
-        )
-        quiet = self.quiet or len(names) < 1000
-        bad: dict[str, str] = {}
-        for name in tqdm(
-            names, desc="checking images", unit="img", disable=quiet, dynamic_ncols=True
-        ):
-            reason = check_image_file(ann.image_path(name))
-            if reason is not None:
-                if self.bad_images == "error":
-                    raise DataError(
-                        f"{ann.image_path(name)}: {reason}; re-download the image or set data.bad_images=skip"
-                    )
-                bad[name] = reason
-        if bad:
-            warnings.warn(
-                f"skipping {len(bad)} unreadable image(s) in {ann.image_dir}: {', '.join(sorted(bad))}",
-                UserWarning,
-                stacklevel=2,
-            )
-            ann.skipped.extend(sorted(bad))
-            ann.splits = {s: [n for n in ids if n not in bad] for s, ids in ann.splits.items()}
-            for name in bad:
-                ann.captions.pop(name, None)
-
-    def train_references(self) -> list[list[str]]:
-        """For each training image, in split order, all its raw reference captions (e.g. the
-        corpus of a CIDEr-D reward's document frequencies). Reads and checks the annotations on
-        first use; honours ``limit_train_images`` and images skipped as unreadable."""
-        ann = self._load_annotations()
-        return [list(ann.captions[name]) for name in ann.splits["train"]]
-
-    def vocab_path(self) -> Path:
-        """``<cache_dir>/vocab-<hash>.json``; the hash covers the training captions,
-        min_word_freq and the dataset (its resolved caption file: one cache folder serves all)."""
-        ann = self._load_annotations()
-        train = ann.splits["train"]
-        caption_file = ann.caption_file.resolve() if ann.caption_file else self.root.resolve()
-        payload = json.dumps(
-            {
-                "train": [[n, ann.captions[n]] for n in train],
-                "min_word_freq": self.min_word_freq,
-                "dataset": str(caption_file),
-            }
-        )
-        return self.cache_dir / f"vocab-{hashlib.sha256(payload.encode()).hexdigest()[:16]}.json"
-
-    def _load_vocab(self) -> Vocabulary:
-        if self._vocab is not None:
-            return self._vocab
-        ann = self._load_annotations()
-        notice = legacy_cache_notice(self.root, self.cache_dir)
-        if notice:
-            log.warning(notice)
-        path = self.vocab_path()
-        train_captions = [c for n in ann.splits["train"] for c in ann.captions[n]]
-        vocab = None
-        if path.is_file():
-            try:
-                vocab = Vocabulary.load(path)
-            except (OSError, ValueError, KeyError):
-                pass  # unreadable: rebuild and replace it
-        if vocab is None:
-            vocab = Vocabulary.build(train_captions, self.min_word_freq)
-            try:
-                vocab.save(path)
-            except OSError as e:
-                warnings.warn(
-                    f"cannot write the vocabulary to {path} ({e}); set data.cache_dir to a writable folder",
-                    stacklevel=2,
-                )
-        # Built now or read from the cache, a vocabulary that maps most words to <unk> trains a
-        # model that says nothing else: say so in every run, not only the first.
-        warning = vocabulary_warning(vocab, train_captions, self.min_word_freq)
-        if warning:
-            log.warning(warning)
-        self._vocab = vocab
-        return vocab
+    def _feature_store(self, split: str):
+        return self.stores.store(split, self._load_annotations(), self._cache_device())
 
     def _make_dataset(self, split: str) -> Dataset:
         ann = self._load_annotations()
@@ -422,17 +346,15 @@ class CaptionDataModule(L.LightningDataModule):
             )
         train = split == "train"
         if self.cache_features:
-            if self._encoder is None or self._encoder_key is None:
-                raise ConfigError(
-                    "data.cache_features=true needs the frozen encoder: call dm.attach_feature_encoder(...) before setup"
-                )
+            if not self.stores.has_encoder:
+                raise ConfigError(_NEEDS_ENCODER.format(what="setup"))
             if train and self.augment:
                 warnings.warn(
                     "data.augment is ignored with data.cache_features=true (features are precomputed)",
                     stacklevel=2,
                 )
             store = self._feature_store(split)
-            placement = self._placement
+            placement = self.stores.placement
             if placement is not None and placement.mode != "off":
                 # (a store that travelled to another process left its memory copy behind)
                 store.keep_in_memory(placement.keep_on, placement.pin)
@@ -441,7 +363,7 @@ class CaptionDataModule(L.LightningDataModule):
                     return ResidentTrainBatches(
                         ids,
                         ann.captions,
-                        self._load_vocab(),
+                        self.vocabulary(),
                         features,
                         self.captions_per_image,
                         self.max_caption_len,
@@ -468,72 +390,17 @@ class CaptionDataModule(L.LightningDataModule):
             return CaptionTrainDataset(
                 ids,
                 ann.captions,
-                self._load_vocab(),
+                self.vocabulary(),
                 source,
                 self.captions_per_image,
                 self.max_caption_len,
             )
         return CaptionEvalDataset(ids, ann.captions, source)
 
-    @timed("cache build")  # built here, or read when present: one phase of the run's timings
-    def _feature_store(self, split: str) -> FeatureStore:
-        """The split's feature cache: read it, or compute it on the training device (kept in
-        memory as ``data.resident`` says; one store per split and process)."""
-        if split in self._stores:
-            return self._stores[split]
-        ann = self._load_annotations()
-        ids = ann.splits[split]
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DataError(
-                f"cannot create the cache folder {self.cache_dir} ({e}); set data.cache_dir to a writable folder"
-            ) from None
-        # Under a Trainer the cache is built where training will run (its root device: the
-        # GPU), even though the model is moved there only later; without one, where the encoder is.
-        trainer = getattr(self, "trainer", None)
-        device = trainer.strategy.root_device if trainer is not None else None
-        if device is None:
-            device = next((p.device for p in self._encoder.parameters()), torch.device("cpu"))
-        placement = self._choose_placement(device)
-        store = build_feature_cache(
-            self.cache_dir,
-            ids,
-            # threaded reads, batched decode (nvJPEG on CUDA) and transforms on the device
-            ImageBatches(ann.image_dir, ids, self.image_size, device),
-            self._encoder,
-            self._encoder_key,
-            self.image_size,
-            batch_size=default_batch_size(device, self.eval_batch_size),
-            num_workers=self.num_workers,
-            quiet=self.quiet,
-            desc=f"feature cache ({split})",
-            device=device,
-            keep_on=placement.keep_on,
-            pin=placement.pin,
-            dataset=dataset_identity(ann.image_dir, ids),
-        )
-        self._stores[split] = store
-        return store
-
-    def _choose_placement(self, device: torch.device) -> Placement:
-        """Where the cached features live (``data.resident``), decided once for every split,
-        with one log line."""
-        if self._placement is None or self._placement.device != device:
-            splits = self._load_annotations().splits
-            images = sum(len(splits.get(s) or []) for s in ("train", "val", "test"))
-            pixels, channels = feature_shape(self._encoder, self.image_size)
-            nbytes = 2 * images * pixels * channels
-            self._placement, message = choose_placement(self.resident, nbytes, device)
-            log.info(message)
-        return self._placement
-
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         if split not in self.datasets:
-            if self.cache_features and self._encoder is None:
-                raise ConfigError(
-                    "data.cache_features=true needs the frozen encoder: call dm.attach_feature_encoder(...) before the loaders"
-                )
+            if self.cache_features and not self.stores.has_encoder:
+                raise ConfigError(_NEEDS_ENCODER.format(what="the loaders"))
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         dataset = self.datasets[split]
         if isinstance(dataset, ResidentTrainBatches | ResidentEvalBatches):
@@ -542,7 +409,7 @@ class CaptionDataModule(L.LightningDataModule):
         # (which dropout and scheduled sampling use), so resuming a run reproduces it exactly.
         generator = torch.Generator().manual_seed(self.shuffle_seed)
         sampler = (
-            self._shuffled_order(
+            self.training_order.sampler(
                 len(dataset), getattr(dataset, "captions_per_item", lambda: None)(), generator
             )
             if shuffle
@@ -561,23 +428,6 @@ class CaptionDataModule(L.LightningDataModule):
             collate_fn=collate_train if split == "train" else collate_eval,
         )
 
-    def _shuffled_order(
-        self, size: int, captions_per_item: Sequence[int] | None, generator: torch.Generator
-    ) -> ResumableSampler:
-        """The training order, resumed where a checkpoint left it (one sampler serves the
-        per-item and the resident loaders, so both see the same order)."""
-        sampler = ResumableSampler(
-            size,
-            seed=self.shuffle_seed,
-            captions_per_item=captions_per_item,
-            loader_generator=generator,
-        )
-        if self._resume_position is not None:
-            sampler.resume_at(*self._resume_position)
-            self._resume_position = None
-        self._train_sampler = sampler
-        return sampler
-
     def _index_loader(
         self, dataset: ResidentTrainBatches | ResidentEvalBatches, batch_size: int, shuffle: bool
     ) -> DataLoader:
@@ -585,7 +435,7 @@ class CaptionDataModule(L.LightningDataModule):
         dataset builds each batch at once (in this process: no workers, no pinning thread)."""
         generator = torch.Generator().manual_seed(self.shuffle_seed)
         sampler = (
-            self._shuffled_order(len(dataset), dataset.captions_per_item(), generator)
+            self.training_order.sampler(len(dataset), dataset.captions_per_item(), generator)
             if shuffle
             else None
         )

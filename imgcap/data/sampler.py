@@ -94,3 +94,58 @@ class ResumableSampler(Sampler):
     def __len__(self) -> int:
         # The full epoch: Lightning counts the batches of a resumed epoch itself.
         return self.num_items
+
+
+class TrainingOrder:
+    """Where the training order stands, for checkpoints: the data module's sampler state.
+
+    :meth:`sampler` makes the epoch's sampler (resumed where a restored checkpoint left it);
+    :meth:`state` says where it stands after ``batches_done`` batches of the current epoch;
+    :meth:`restore` takes a checkpoint's state back.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        self._resume_position: tuple[int, int] | None = None  # (epoch, items already seen)
+        self._sampler: ResumableSampler | None = None
+
+    @property
+    def resume_position(self) -> tuple[int, int] | None:
+        """(epoch, items already seen) restored from a checkpoint, until a sampler takes it."""
+        return self._resume_position
+
+    def sampler(
+        self,
+        size: int,
+        captions_per_item: Sequence[int] | None,
+        loader_generator: torch.Generator,
+    ) -> ResumableSampler:
+        """The training order, resumed where a checkpoint left it (one sampler serves the
+        per-item and the resident loaders, so both see the same order)."""
+        sampler = ResumableSampler(
+            size,
+            seed=self.seed,
+            captions_per_item=captions_per_item,
+            loader_generator=loader_generator,
+        )
+        if self._resume_position is not None:
+            sampler.resume_at(*self._resume_position)
+            self._resume_position = None
+        self._sampler = sampler
+        return sampler
+
+    def state(self, epoch: int, batches_done: int, batch_size: int) -> dict[str, int]:
+        """``{"epoch", "position"}`` (items already trained on in that epoch); empty before
+        the first training loader exists."""
+        if self._sampler is None:
+            return {}
+        position = batches_done * batch_size
+        if position >= self._sampler.num_items:
+            epoch, position = epoch + 1, 0  # the epoch's batches are all done: next one's start
+        return {"epoch": int(epoch), "position": int(position)}
+
+    def restore(self, state: dict[str, int]) -> None:
+        if state:
+            self._resume_position = (int(state["epoch"]), int(state["position"]))
+            if self._sampler is not None:
+                self._sampler.resume_at(*self._resume_position)

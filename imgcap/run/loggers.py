@@ -117,7 +117,7 @@ def sweep_job() -> tuple[str, str] | None:
             continue
         parts.append(f"{key}={value}")
     name = ",".join(parts) or f"job{hydra_cfg.job.num}"
-    from imgcap.sweep.trial_link import trial_address
+    from imgcap.run.trial_link import trial_address
 
     trial = trial_address()
     if trial is not None:  # an Optuna study: its runs form one group, across reruns too
@@ -206,14 +206,15 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
         if "WandbLogger" in target:
             if configure_wandb_environment():
                 logger_cfg["mode"] = "offline"  # passed on to wandb.init
-            watch = logger_cfg.pop("watch", None), logger_cfg.pop("watch_log_freq", 100)
+            # imgcap's own keys, not the logger's (see watch_model)
+            logger_cfg.pop("watch", None)
+            logger_cfg.pop("watch_log_freq", None)
             group, name = sweep_job() or (None, None)
             logger_cfg["group"] = logger_cfg.get("group") or group
             logger_cfg["name"] = logger_cfg.get("name") or name
             if logger_cfg.get("id"):  # the same run again after ckpt_path= (see above)
                 logger_cfg.setdefault("resume", "allow")
             logger = instantiate(logger_cfg)
-            logger._imgcap_watch = watch
             # Lightning passes anonymous=None, which recent wandb releases warn about.
             init_args = getattr(logger, "_wandb_init", None)
             if isinstance(init_args, dict) and init_args.get("anonymous") is None:
@@ -222,6 +223,35 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
             logger = instantiate(logger_cfg)
         loggers.append(logger)
     return loggers
+
+
+def start_logging(
+    loggers: list[Logger],
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    data_split: dict[str, Any],
+    params: dict[str, int],
+) -> None:
+    """What each logger records before training: the resolved run config with the data split
+    and the model's parameter counts as hyperparameters, and (W&B) the watched model."""
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams({**run_config, "data_split": data_split, "model_params": params})
+    watch_model(loggers, cfg, model)
+
+
+def watch_model(loggers: list[Logger], cfg: DictConfig, model: torch.nn.Module) -> None:
+    """``logger.wandb.watch`` (gradients | parameters | all) every ``watch_log_freq`` steps:
+    read from the config, handed to each W&B logger with the model."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb") or {}
+    what = wandb_cfg.get("watch")
+    if not what:
+        return
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.watch(model, log=what, log_freq=int(wandb_cfg.get("watch_log_freq") or 100))
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:

@@ -15,8 +15,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import signal
+import warnings
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,8 +27,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from imgcap.atomic import write_text
+from imgcap.callbacks.safety import InterruptCheckpoint
 from imgcap.checkpoint import CHECKPOINT_KEY, read_checkpoint
-from imgcap.errors import ConfigError
+from imgcap.errors import ConfigError, Interrupted
+
+log = logging.getLogger(__name__)
 
 # Overrides that never change a resumed run's config: where things live, and Hydra's own.
 _NOT_APPLIED = ("ckpt_path", "paths.", "hydra.")
@@ -221,6 +226,14 @@ class SignalStop:
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
+    def raise_if_signalled(self) -> None:
+        """A signal that arrived after the last safe point of fitting or testing stops the run
+        here, as one inside it would have."""
+        if self.signum is not None:
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            raise SIGTERMException()
+
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else "SIGINT"
@@ -234,3 +247,49 @@ class SignalStop:
 def signal_stop(trainer: Any) -> Iterator[SignalStop]:
     with SignalStop(trainer) as stop:
         yield stop
+
+
+@contextlib.contextmanager
+def stopping_cleanly(trainer: Any, output_dir: Path, resuming: bool) -> Iterator[SignalStop]:
+    """Around fitting and testing: SIGTERM and SIGINT stop at the next safe point, and a stop
+    (a signal, Ctrl-C, a loader worker killed from outside) ends as one
+    :class:`~imgcap.errors.Interrupted` line naming the checkpoint to resume from."""
+    with warnings.catch_warnings(), signal_stop(trainer) as stop:
+        # Resuming mid-epoch is exact here (the sampler restarts at the checkpoint's
+        # position), which Lightning cannot see and warns about.
+        warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")
+        warnings.filterwarnings("ignore", message=r".*ckpt_path=.*")
+        if resuming:  # continuing in its own directory, which holds its checkpoints
+            warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+        try:
+            yield stop
+        except (SystemExit, KeyboardInterrupt) as err:
+            raise interrupted(trainer, stop, output_dir) from err
+        except RuntimeError as err:
+            # A loader worker killed from outside: the checkpoint is saved as for Ctrl-C.
+            signum = stop.signum or killed_worker_signal(err)
+            if signum is None:
+                raise
+            stop.signum = signum
+            raise interrupted(trainer, stop, output_dir) from err
+
+
+def interrupted(trainer: Any, stop: SignalStop, output_dir: Path) -> Interrupted:
+    """The one line (and exit status) for a run stopped by a signal or Ctrl-C."""
+    saved = next(
+        (cb.saved for cb in trainer.callbacks if isinstance(cb, InterruptCheckpoint) and cb.saved),
+        None,
+    )
+    if saved is None:  # stopped while testing: training itself is complete
+        last = output_dir / "checkpoints" / "last.ckpt"
+        saved = last if last.is_file() else None
+    where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+    if saved is None:
+        message = f"interrupted by {stop.name} at {where}; no checkpoint to resume from was written"
+    else:
+        message = (
+            f"interrupted by {stop.name} at {where}; saved {saved}. "
+            f"Resume with: python train.py ckpt_path={saved}"
+        )
+    log.warning(message)
+    return Interrupted(message, stop.exit_code)

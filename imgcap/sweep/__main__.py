@@ -17,8 +17,8 @@ from imgcap.errors import ImgcapError
 def status(storage_url: str, study_name: str | None) -> str:
     import optuna
 
+    from imgcap.run.study_storage import is_journal, journal_path, open_storage
     from imgcap.sweep.results import best_summary, trial_rows
-    from imgcap.sweep.storage import is_journal, journal_path, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if is_journal(storage_url) and not journal_path(storage_url).is_file():

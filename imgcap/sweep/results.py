@@ -17,7 +17,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from imgcap.sweep.trial_link import ATTR_EPOCHS, ATTR_EPOCHS_RUN, ATTR_PRUNED_AT, ATTR_RUN_DIR
+from imgcap.run.trial_link import ATTR_EPOCHS, ATTR_EPOCHS_RUN, ATTR_PRUNED_AT, ATTR_RUN_DIR
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from imgcap.run.trial_link import ATTR_PRUNED_AT, ATTR_RUN_DIR
 from imgcap.sweep.space import SearchSpace
-from imgcap.sweep.trial_link import ATTR_PRUNED_AT, ATTR_RUN_DIR
 from imgcap.sweep.workers import FAILED, INTERRUPTED, OK, Outcome, Slot, WorkerPool
 
 log = logging.getLogger(__name__)

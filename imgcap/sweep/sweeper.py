@@ -22,9 +22,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from imgcap.errors import ConfigError, Interrupted
-from imgcap.sweep import storage as storage_mod
+from imgcap.run import study_storage as storage_mod
+from imgcap.run.trial_link import ENV_STORAGE, ENV_STUDY, ENV_TRIAL, STUDY_ATTR_PRUNER
 from imgcap.sweep.space import default_study_name, format_value, parse_search_space
-from imgcap.sweep.trial_link import ENV_STORAGE, ENV_STUDY, ENV_TRIAL, STUDY_ATTR_PRUNER
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class HydraSweep:
 
     # ------------------------------------------------------------------ the sweep
     def sweep(self, arguments: list[str]) -> list[dict[str, Any]]:
-        from imgcap.sweep.pruners import build_pruner, pruner_spec
+        from imgcap.run.pruners import build_pruner, pruner_spec
         from imgcap.sweep.study_runner import StudyRunner, SweepInterrupted, TrialJob
         from imgcap.sweep.workers import plan_slots
 

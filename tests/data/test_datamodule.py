@@ -153,3 +153,46 @@ def test_config_errors() -> None:
         CaptionDataModule(captions_per_image="2")
     with pytest.raises(ConfigError, match="bad_images"):
         CaptionDataModule(bad_images="ignore")
+
+
+class _MeanColour(torch.nn.Module):
+    """A frozen stand-in encoder: (B, 3, S, S) -> (B, 1, 3), the mean colour."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=(2, 3))[:, None, :]
+
+
+def test_the_encoder_given_when_built_fills_the_cache_in_one_setup(
+    shapes_root: Path, tmp_path: Path
+) -> None:
+    dm = small_datamodule(
+        shapes_root,
+        tmp_path,
+        cache_features=True,
+        feature_encoder=_MeanColour(),
+        encoder_key={"arch": "mean_colour"},
+    )
+    dm.setup("fit")  # once: vocabulary, caches and datasets
+    assert set(dm.datasets) == {"train", "val"}
+    assert dm.datasets["train"][0]["features"].shape == (1, 3)
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+
+
+def test_setup_without_the_cache_encoder_says_how_to_give_it(
+    shapes_root: Path, tmp_path: Path
+) -> None:
+    dm = small_datamodule(shapes_root, tmp_path, cache_features=True)
+    assert dm.prepare_vocabulary() is dm.vocab  # what a model is sized from, nothing more
+    assert dm.datasets == {}
+    with pytest.raises(ConfigError, match="feature_encoder="):
+        dm.setup("fit")
+
+
+def test_a_given_vocabulary_defines_the_word_ids(shapes_root: Path, tmp_path: Path) -> None:
+    words = Vocabulary.from_dict({"itos": ["<pad>", "<start>", "<end>", "<unk>", "red"]})
+    dm = small_datamodule(shapes_root, tmp_path, vocab=words)
+    dm.setup("fit")
+    assert dm.vocabulary() is words
+    assert not list(tmp_path.glob("vocab-*.json"))  # nothing built, nothing cached
+    batch = next(iter(dm.train_dataloader()))
+    assert int(batch["captions"].max()) < len(words)

@@ -41,7 +41,7 @@ class CountingEncoder(nn.Module):
 
 def make_dm(root: Path, cache_dir: Path, encoder: nn.Module, key: dict) -> CaptionDataModule:
     dm = small_datamodule(root, cache_dir, cache_features=True)
-    dm.setup("fit")  # vocabulary first (the task sizes the model from it) ...
+    dm.prepare_vocabulary()  # vocabulary first (the task sizes the model from it) ...
     dm.attach_feature_encoder(encoder, key)
     dm.setup("fit")  # ... then the cache
     dm.wait_for_cache_files()  # kept in memory, written in the background: let it finish
@@ -144,7 +144,7 @@ def test_cache_features_without_encoder_is_a_config_error(
         cache_features=True,
         quiet=True,
     )
-    dm.setup("fit")
+    dm.vocabulary()
     assert dm.vocab is not None
     with pytest.raises(ConfigError, match="attach_feature_encoder"):
         dm.train_dataloader()
@@ -222,7 +222,7 @@ def test_ddp_builds_the_cache_once_and_every_rank_reads_it(
 
     dm = small_datamodule(shapes_root, tmp_path / "cache", cache_features=True)
     dm.prepare_data()
-    dm.setup("fit")
+    dm.vocabulary()
     model = CaptioningModule(
         dm.vocab.itos,
         encoder={"arch": "small_cnn", "weights": None, "fine_tune": "frozen", "width": 8},

@@ -188,7 +188,7 @@ def test_bad_images_skipped_before_the_batched_cache_build(tmp_path: Path) -> No
         dm.setup("fit")
     dm = small_datamodule(tmp_path, tmp_path / "cache", cache_features=True, bad_images="skip")
     with pytest.warns(UserWarning, match=names[3]):
-        dm.setup("fit")
+        dm.prepare_vocabulary()
     dm.attach_feature_encoder(SlowEncoder(), {"e": 3})
     dm.setup("fit")
     batches = list(dm.train_dataloader())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -230,7 +229,7 @@ def test_coco_images_load_from_their_folder(tmp_path: Path, source: str) -> None
 def test_coco_feature_cache_keeps_same_named_files_apart(tmp_path: Path) -> None:
     make_coco_tree(tmp_path / "coco")
     dm = small_datamodule(tmp_path / "coco", tmp_path / "cache", cache_features=True)
-    dm.setup("fit")
+    dm.prepare_vocabulary()
     dm.attach_feature_encoder(MeanColour(), {"arch": "mean_colour"})
     dm.setup("fit")
     train = dm.datasets["train"]
@@ -262,9 +261,9 @@ def test_sample_pictures_come_from_the_right_folder(tmp_path: Path) -> None:
     make_coco_tree(tmp_path / "coco")
     dm = small_datamodule(tmp_path / "coco", tmp_path / "cache")
     dm.setup("validate")
-    trainer = SimpleNamespace(datamodule=dm)
+    samples = CaptionSampleLogger(pictures=dm.picture)  # what the run gives the callback
     for image_id, colour in [("train2014/same.jpg", RED), ("val2014/same.jpg", BLUE)]:
-        picture = CaptionSampleLogger._picture_from_disk(trainer, image_id)  # (S, S, 3) uint8
+        picture = samples.pictures(image_id)  # (S, S, 3) uint8
         assert picture.shape == (32, 32, 3)
         assert abs(picture[..., 0].mean() - colour[0]) < 20, image_id
 
@@ -417,4 +416,4 @@ def test_old_checkpoint_data_config_still_builds_and_resumes_its_position(
     # its own config finds its training position.
     assert checkpoint[type(dm).__qualname__] == {"epoch": 2, "position": 0}
     dm.load_state_dict(checkpoint[type(dm).__qualname__])
-    assert dm._resume_position == (2, 0)
+    assert dm.training_order.resume_position == (2, 0)

@@ -38,7 +38,7 @@ class GridEncoder(nn.Module):
 
 def cached_dm(root: Path, cache_dir: Path, resident: str, **overrides):
     dm = small_datamodule(root, cache_dir, cache_features=True, resident=resident, **overrides)
-    dm.setup("fit")
+    dm.prepare_vocabulary()
     dm.attach_feature_encoder(GridEncoder(), {"arch": "grid"})
     dm.setup("fit")
     return dm
@@ -62,7 +62,7 @@ def test_resident_batches_equal_the_loader_batches(
     held = cached_dm(shapes_root, tmp_path, "host", captions_per_image=captions_per_image)
     assert isinstance(held.datasets["train"], ResidentTrainBatches)
     assert isinstance(held.datasets["val"], ResidentEvalBatches)
-    assert held._stores["train"].resident.dtype == torch.float16
+    assert held.stores["train"].resident.dtype == torch.float16
     loaders = off.train_dataloader(), held.train_dataloader()
     assert len(loaders[0]) == len(loaders[1])
     for epoch in range(3):  # shuffled, another order every epoch
@@ -142,7 +142,7 @@ def test_resident_device_that_does_not_fit_is_one_clear_error() -> None:
 
 
 def test_auto_says_what_it_chose_in_one_log_line(shapes_root: Path, tmp_path: Path, caplog):
-    with caplog.at_level(logging.INFO, logger="imgcap.data.datamodule"):
+    with caplog.at_level(logging.INFO, logger="imgcap.data.feature_stores"):
         dm = cached_dm(shapes_root, tmp_path, "auto")
         list(dm.val_dataloader())
         dm.setup("test")
@@ -155,7 +155,7 @@ def test_auto_says_what_it_chose_in_one_log_line(shapes_root: Path, tmp_path: Pa
 def test_off_keeps_the_per_item_loader(shapes_root: Path, tmp_path: Path) -> None:
     dm = cached_dm(shapes_root, tmp_path, "off")
     assert not isinstance(dm.datasets["train"], ResidentTrainBatches)
-    assert dm._stores["train"].resident is None
+    assert dm.stores["train"].resident is None
     assert dm.train_dataloader().batch_size == dm.batch_size
 
 
@@ -166,13 +166,13 @@ def test_resident_on_cuda_gives_the_loader_values(shapes_root, tmp_path, residen
 
     def on_cuda(mode: str):  # without a Trainer the cache is built where the encoder is
         dm = small_datamodule(shapes_root, tmp_path, cache_features=True, resident=mode)
-        dm.setup("fit")
+        dm.prepare_vocabulary()
         dm.attach_feature_encoder(GridEncoder().to(cuda), {"arch": "grid"})
         dm.setup("fit")
         return dm
 
     off, held = on_cuda("off"), on_cuda(resident)
-    store = held._stores["train"]
+    store = held.stores["train"]
     assert store.resident.device.type == ("cuda" if resident == "device" else "cpu")
     assert store.resident.is_pinned() == (resident == "host")
     loaders = off.train_dataloader(), held.train_dataloader()

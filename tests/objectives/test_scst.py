@@ -125,12 +125,10 @@ def test_module_trains_with_scst_and_logs_reward_baseline_advantage(tmp_path):
         meteor=False,
         max_len=6,
         optimizer=partial(torch.optim.Adam, lr=1e-3),
+        train_references=CORPUS,  # given when built, as the run does from the data
     )
 
     class References(L.LightningDataModule):
-        def train_references(self):
-            return CORPUS
-
         def train_dataloader(self):
             features, batch = _batch()
             return DataLoader([{"features": features, **batch}], batch_size=None)

@@ -152,3 +152,22 @@ def test_each_task_runs_in_its_own_folder(task, tmp_path):
     assert run_dir.startswith("${unique_dir:${paths.log_dir}/${task_name}/runs/")
     assert sweep_dir.startswith("${unique_dir:${paths.log_dir}/${task_name}/multiruns/")
     assert cfg.task_name == task and cfg.paths.log_dir.rstrip("/").endswith("outputs")
+
+
+def test_one_config_file_per_callback_each_under_its_own_key(tmp_path):
+    folder = CONF_DIR / "callbacks"
+    listed = OmegaConf.load(folder / "default.yaml").defaults
+    files = sorted(p.stem for p in folder.glob("*.yaml") if p.stem != "default")
+    assert sorted(n for n in listed if n != "_self_") == files
+    for name in files:
+        assert list(OmegaConf.load(folder / f"{name}.yaml")) == [name], name
+    # Composed, the keys are the files' names, in the order of the defaults list, and each can
+    # be changed or turned off by its name.
+    cfg = compose_train(
+        tmp_path,
+        ["callbacks.progress_bar=null", "callbacks.encoder_fine_tuning.unfreeze_at_epoch=3"],
+    )
+    assert list(cfg.callbacks) == [n for n in listed if n != "_self_"]
+    assert cfg.callbacks.progress_bar is None
+    assert cfg.callbacks.encoder_fine_tuning.unfreeze_at_epoch == 3
+    assert list(cfg.callbacks)[-1] == "phase_timer"  # last: it sees the others finish

@@ -16,7 +16,7 @@ from PIL import Image
 
 from imgcap.captioning_module import CaptioningModule
 from imgcap.checkpoint import load_captioner, read_checkpoint
-from imgcap.data import datamodule as datamodule_module
+from imgcap.data import feature_stores as feature_stores_module
 from imgcap.errors import CheckpointError, ConfigError, DataError, ImgcapError
 from imgcap.metrics import compute_caption_metrics
 from imgcap.run import tasks
@@ -369,7 +369,7 @@ def test_training_on_cached_features_never_runs_the_encoder_after_the_cache(tmp_
     calls = []  # (trainer stage, whether the feature cache was being built)
     building = []
     original = tasks.build_data_and_model
-    original_build = datamodule_module.build_feature_cache
+    original_build = feature_stores_module.build_feature_cache
 
     def build_and_count(cfg):
         datamodule, model = original(cfg)
@@ -386,7 +386,7 @@ def test_training_on_cached_features_never_runs_the_encoder_after_the_cache(tmp_
             building.pop()
 
     monkeypatch.setattr(tasks, "build_data_and_model", build_and_count)
-    monkeypatch.setattr(datamodule_module, "build_feature_cache", build_cache)
+    monkeypatch.setattr(feature_stores_module, "build_feature_cache", build_cache)
     tasks.train(cfg)
     # The caches are filled inside the Trainer's prepare_data hook (train + val when fitting,
     # test before testing); every training, validation and test step reads cached features.

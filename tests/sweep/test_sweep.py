@@ -19,10 +19,18 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from imgcap.errors import ConfigError
-from imgcap.sweep.pruners import build_pruner, pruner_spec
+from imgcap.run.pruners import build_pruner, pruner_spec
+from imgcap.run.study_storage import default_storage, open_storage
+from imgcap.run.trial_link import (
+    ENV_STORAGE,
+    ENV_STUDY,
+    ENV_TRIAL,
+    STUDY_ATTR_PRUNER,
+    LinkedTrial,
+    trial_address,
+)
 from imgcap.sweep.results import write_plots, write_results
 from imgcap.sweep.space import default_study_name, format_value, parse_search_space
-from imgcap.sweep.storage import default_storage, open_storage
 from imgcap.sweep.study_runner import (
     ATTR_INTERRUPTED,
     ATTR_OWNER,
@@ -30,14 +38,6 @@ from imgcap.sweep.study_runner import (
     ATTR_RETRY_OF,
     StudyRunner,
     TrialJob,
-)
-from imgcap.sweep.trial_link import (
-    ENV_STORAGE,
-    ENV_STUDY,
-    ENV_TRIAL,
-    STUDY_ATTR_PRUNER,
-    LinkedTrial,
-    trial_address,
 )
 from imgcap.sweep.workers import Slot, plan_slots
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from imgcap.sweep.storage import open_storage
+from imgcap.run.study_storage import open_storage
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from imgcap.sweep.trial_link import (
+    from imgcap.run.trial_link import (
         ATTR_EPOCHS,
         ATTR_EPOCHS_RUN,
         ATTR_PRUNED_AT,

@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning.pytorch as L
 
-from imgcap.sweep.trial_link import (
+from imgcap.run.trial_link import (
     ATTR_EPOCHS,
     ATTR_EPOCHS_RUN,
     ATTR_PRUNED_AT,

@@ -7,7 +7,7 @@ The pruner is read from the study itself (the sweeper records it there), so the 
 on pruning exactly as the sweeper was told to.
 
 The Lightning side (report after each validation, stop when pruned) is
-:mod:`imgcap.sweep.reporter`; this module imports neither torch nor Lightning.
+:mod:`imgcap.run.trial_reporter`; this module imports neither torch nor Lightning.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ class LinkedTrial:
     def __init__(self, address: TrialAddress) -> None:
         import optuna
 
-        from imgcap.sweep.pruners import build_pruner
-        from imgcap.sweep.storage import open_storage
+        from imgcap.run.pruners import build_pruner
+        from imgcap.run.study_storage import open_storage
 
         self.address = address
         storage = open_storage(address.storage)
