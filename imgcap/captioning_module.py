@@ -18,6 +18,7 @@ Everything needed to rebuild it is in its hyperparameters (plain values only), s
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
@@ -25,10 +26,11 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MaxMetric, MinMetric
 
+from imgcap.checkpoint import CHECKPOINT_KEY, first_line, read_checkpoint
 from imgcap.decoders import build_decoder
 from imgcap.decoders.decoding import DecodeResult, decode
 from imgcap.encoders import ImageEncoder, build_encoder
-from imgcap.errors import ConfigError
+from imgcap.errors import CheckpointError, ConfigError
 from imgcap.metrics import CaptionMetric
 from imgcap.objectives import ObjectiveContext, build_objective
 from imgcap.vocab import Vocabulary, normalize_caption
@@ -413,3 +415,24 @@ def _check_decoder_fits(
 def _check_switch(name: str, value: Any) -> None:
     if value != "auto" and not isinstance(value, bool):
         raise ConfigError(f"model.{name} must be auto, true or false, got {value!r}")
+
+
+def load_captioner(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild the captioning module and its run config from a checkpoint file alone.
+
+    Returns ``(module in eval mode, run_config dict)``. Raises CheckpointError with one line
+    naming the file when it is missing, unreadable, unsafe or from an incompatible version.
+    """
+    path = Path(path).expanduser()
+    checkpoint = read_checkpoint(path, map_location)
+    try:
+        model = CaptioningModule(**checkpoint["hyper_parameters"])
+        model.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} does not match this version's model ({err.__class__.__name__}: "
+            f"{first_line(err)}); use it with the imgcap version that trained it"
+        ) from None
+    model.to(map_location)
+    model.eval()
+    return model, checkpoint[CHECKPOINT_KEY]["config"]

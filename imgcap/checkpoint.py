@@ -122,7 +122,7 @@ def run_config_entry(
     }
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else err.__class__.__name__
 
@@ -157,7 +157,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as err:  # truncated, another format, random bytes: one line, not a traceback
         raise CheckpointError(
             f"cannot read checkpoint {path} ({err.__class__.__name__}: "
-            f"{_first_line(err).split('. ')[0][:160]}); "
+            f"{first_line(err).split('. ')[0][:160]}); "
             "the file is truncated or not a checkpoint: copy or download it again"
         ) from None
     entry = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
@@ -174,31 +174,6 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return upgrade_checkpoint(checkpoint)
 
 
-def load_captioner(path: str | Path, map_location: str | torch.device = "cpu"):
-    """Rebuild the captioning module and its run config from a checkpoint file alone.
-
-    Returns ``(module in eval mode, run_config dict)``. Raises CheckpointError with one line
-    naming the file when it is missing, unreadable, unsafe or from an incompatible version.
-    """
-    from imgcap.captioning_module import (
-        CaptioningModule,  # Lightning import kept off the models' path
-    )
-
-    path = Path(path).expanduser()
-    checkpoint = read_checkpoint(path, map_location)
-    try:
-        model = CaptioningModule(**checkpoint["hyper_parameters"])
-        model.load_state_dict(checkpoint["state_dict"])
-    except (TypeError, RuntimeError, KeyError, ValueError) as err:
-        raise CheckpointError(
-            f"{path} does not match this version's model ({err.__class__.__name__}: "
-            f"{_first_line(err)}); use it with the imgcap version that trained it"
-        ) from None
-    model.to(map_location)
-    model.eval()
-    return model, checkpoint[CHECKPOINT_KEY]["config"]
-
-
 def load_initial_weights(
     model: torch.nn.Module, checkpoint: dict[str, Any], path: str | Path
 ) -> None:
@@ -210,7 +185,7 @@ def load_initial_weights(
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
         detail = next(
-            (line.strip() for line in str(err).splitlines()[1:] if line.strip()), _first_line(err)
+            (line.strip() for line in str(err).splitlines()[1:] if line.strip()), first_line(err)
         )
         decoder = checkpoint["hyper_parameters"].get("decoder")
         raise CheckpointError(

@@ -148,7 +148,7 @@ class Captioner:
         cls, path: str | os.PathLike, device: str | torch.device | None = None
     ) -> Captioner:
         """Load a checkpoint written by ``train.py`` (it carries vocabulary, model and data settings)."""
-        from imgcap.checkpoint import load_captioner
+        from imgcap.captioning_module import load_captioner
 
         target = resolve_device(device)
         model, run_config = load_captioner(path, map_location=target)

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from imgcap.captioning_module import CaptioningModule
-from imgcap.checkpoint import CHECKPOINT_KEY, load_captioner, read_checkpoint
+from imgcap.captioning_module import CaptioningModule, load_captioner
+from imgcap.checkpoint import CHECKPOINT_KEY, read_checkpoint
 from imgcap.decoders import AttentionLSTMDecoder, beam_search, build_decoder, sample_captions
 from imgcap.decoders.contract import CaptionDecoder, gather_rows, repeat_rows
 from imgcap.errors import CheckpointError, ConfigError

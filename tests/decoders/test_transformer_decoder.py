@@ -7,8 +7,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from imgcap.captioning_module import CaptioningModule
-from imgcap.checkpoint import load_captioner, run_config_entry
+from imgcap.captioning_module import CaptioningModule, load_captioner
+from imgcap.checkpoint import run_config_entry
 from imgcap.decoders import TransformerDecoder, beam_search, greedy_decode
 from imgcap.errors import ConfigError
 from imgcap.run.checks import check_train_config

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imgcap.checkpoint import load_captioner
+from imgcap.captioning_module import load_captioner
 from imgcap.data.shapes import COLOURS, SHAPES
 from imgcap.data.transforms import eval_transform, load_image
 from imgcap.metrics import compute_caption_metrics

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from imgcap.captioning_module import CaptioningModule
-from imgcap.checkpoint import load_captioner, read_checkpoint
+from imgcap.captioning_module import CaptioningModule, load_captioner
+from imgcap.checkpoint import read_checkpoint
 from imgcap.data import feature_stores as feature_stores_module
 from imgcap.errors import CheckpointError, ConfigError, DataError, ImgcapError
 from imgcap.metrics import compute_caption_metrics
