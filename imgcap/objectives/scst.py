@@ -18,16 +18,46 @@ CIDEr-D's document frequencies come from the training references, computed once 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from imgcap.decoders.decoding import greedy_decode, sample_captions
 from imgcap.errors import ConfigError
 from imgcap.objectives.base import Objective, ObjectiveContext, register_objective
+from imgcap.settings import Settings, choice, integer, number
 from imgcap.tokens import END_ID, PAD_ID, START_ID
 
 BASELINES = ("mean", "greedy")
+
+
+@dataclass(frozen=True)
+class SCSTSettings(Settings):
+    """Self-critical training's settings (``model.objective.*``;
+    ``conf/model/objective/scst.yaml``).
+
+    samples: captions drawn per image (>= 2 with the mean baseline).
+    baseline: ``mean`` (of the image's other samples) or ``greedy`` (its greedy caption).
+    temperature: sampling temperature (1 samples the model's own distribution).
+    max_len: longest sampled caption; None uses the model's ``max_len``.
+    num_logged: how many sampled captions of the latest step are kept for the loggers.
+    """
+
+    config_key: ClassVar[str] = "model.objective"
+
+    samples: int = integer(5)
+    baseline: str = choice("mean", BASELINES)
+    temperature: float = number(1.0)
+    max_len: int | None = integer(None, optional=True)
+    num_logged: int = integer(4, minimum=0)
+
+    def check(self) -> None:
+        if self.samples < (2 if self.baseline == "mean" else 1):
+            raise ConfigError(
+                f"model.objective.samples={self.samples}: the mean baseline needs at least 2 "
+                "samples per image (the others' mean); use more samples or baseline=greedy"
+            )
 
 
 @register_objective("scst")
@@ -38,32 +68,16 @@ class SelfCritical(Objective):
     (their mean difference: 0 with the mean baseline) and ``sample_length``; the reward is also
     logged as an epoch mean (``train/reward_epoch``).
 
-    Args:
-        samples: captions drawn per image (>= 2 with the mean baseline).
-        baseline: ``mean`` (of the image's other samples) or ``greedy`` (its greedy caption).
-        temperature: sampling temperature (1 samples the model's own distribution).
-        max_len: longest sampled caption; None uses the model's ``max_len``.
-        num_logged: how many sampled captions of the latest step are kept for the loggers.
+    Settings: :class:`SCSTSettings` (its fields by name, or ``settings=`` an instance).
     """
 
-    def __init__(
-        self,
-        samples: int = 5,
-        baseline: str = "mean",
-        temperature: float = 1.0,
-        max_len: int | None = None,
-        num_logged: int = 4,
-    ) -> None:
+    settings_class = SCSTSettings
+
+    def __init__(self, *args: Any, settings: SCSTSettings | None = None, **kwargs: Any) -> None:
+        self.settings = settings = settings or SCSTSettings.from_args(*args, **kwargs)
+        samples, baseline, temperature = settings.samples, settings.baseline, settings.temperature
+        max_len, num_logged = settings.max_len, settings.num_logged
         self.epoch_means = ("reward",)
-        if baseline not in BASELINES:
-            raise ConfigError(
-                f"model.objective.baseline must be one of {BASELINES}, got {baseline!r}"
-            )
-        if int(samples) < (2 if baseline == "mean" else 1):
-            raise ConfigError(
-                f"model.objective.samples={samples}: the mean baseline needs at least 2 samples "
-                "per image (the others' mean); use more samples or baseline=greedy"
-            )
         self.logged_samples = None
         self.n = int(samples)
         self.baseline = baseline

@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from imgcap.errors import ConfigError
+from imgcap.settings import check_beam_size, check_int, check_number
 
 
 def _value(cfg: DictConfig, key: str) -> Any:
@@ -23,46 +24,16 @@ def _value(cfg: DictConfig, key: str) -> Any:
 
 
 def _int(cfg: DictConfig, key: str, minimum: int, optional: bool = False) -> None:
-    value = _value(cfg, key)
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(
-            f"{key}={value!r} must be an integer >= {minimum}, e.g. {key}={max(minimum, 1)}"
-            + (" (or null)" if optional else "")
-        )
+    check_int(key, _value(cfg, key), minimum, optional)
 
 
 def _float(cfg: DictConfig, key: str, low: float, high: float, high_open: bool = False) -> None:
-    value = _value(cfg, key)
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and low <= value and (value < high if high_open else value <= high)
-    if not ok:
-        bracket = ")" if high_open else "]"
-        raise ConfigError(f"{key}={value!r} must be a number in [{low}, {high}{bracket}")
-
-
-_ABSENT = object()
-
-
-def _has(node: DictConfig, key: str) -> bool:
-    """Whether the dotted ``key`` is set in ``node`` (to anything, None included)."""
-    return OmegaConf.select(node, key, default=_ABSENT) is not _ABSENT
-
-
-_POSITIVE_INTS = (
-    "decoder.attention_dim",
-    "decoder.embed_dim",
-    "decoder.decoder_dim",
-    "decoder.d_model",
-    "decoder.num_layers",
-    "decoder.num_heads",
-    "decoder.ff_dim",
-    "objective.samples",
-)
+    check_number(key, _value(cfg, key), low, high, high_open)
 
 
 def _check_plugin_settings(model: DictConfig) -> None:
+    """The selected decoder's and objective's settings, by their settings dataclass (names,
+    types, ranges); a plug-in without one is checked against its constructor's arguments."""
     from imgcap.decoders import DECODERS
     from imgcap.objectives import OBJECTIVES
 
@@ -80,22 +51,15 @@ def check_model_config(cfg: DictConfig) -> None:
     model = cfg.get("model")
     if model is None:
         return
-    for key in ("encoded_size", "beam_size", "max_len"):
+    for key in ("encoded_size", "max_len"):
         if key in model:
             _int(cfg, f"model.{key}", 1)
+    if "beam_size" in model:
+        check_beam_size(_value(cfg, "model.beam_size"), "model.beam_size")
     # A setting the selected decoder or objective does not take (e.g. the card's
-    # model.attention_dim with model/decoder=transformer) is refused before any work.
+    # model.attention_dim with model/decoder=transformer) or a bad value of one it takes is
+    # refused before any work, by the plug-in's settings dataclass.
     _check_plugin_settings(model)
-    # Sizes of the decoders and objectives imgcap ships; others check their own settings.
-    for key in _POSITIVE_INTS:
-        if _has(model, key):
-            _int(cfg, f"model.{key}", 1)
-    for key in ("decoder.dropout", "decoder.attention_dropout"):
-        if _has(model, key):
-            _float(cfg, f"model.{key}", 0.0, 1.0, high_open=True)
-    for key in ("objective.alpha_c", "objective.temperature"):
-        if _has(model, key):
-            _float(cfg, f"model.{key}", 0.0, math.inf)
     if "teacher_forcing_ratio" in model:
         _float(cfg, "model.teacher_forcing_ratio", 0.0, 1.0)
     if "length_penalty" in model:
