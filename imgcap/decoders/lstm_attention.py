@@ -51,8 +51,7 @@ class LSTMAttentionSettings(Settings):
     dropout: before the output layer.
     deep_output: logits from h + context + embedding instead of h alone.
     precompute_projection: compute the attention's W_e e once per image (False recomputes it
-        every step: slower, same results; only the speed benchmark turns it off, so the YAML
-        does not list it).
+        every step: slower, same results; only the speed benchmark turns it off).
     unroll: the teacher-forced unroll, ``shrink`` | ``fixed`` | ``auto`` (fixed on CUDA).
     """
 

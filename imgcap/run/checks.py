@@ -142,3 +142,15 @@ def _precision(cfg: DictConfig) -> None:
             f"trainer.precision={value!r} is not a precision Lightning knows: use one of "
             f"{', '.join(get_args(_PRECISION_INPUT_STR))} (or leave the default)"
         )
+
+
+def register_config_schemas() -> None:
+    """Store every registered decoder's and objective's settings dataclass in Hydra's
+    ConfigStore as the schema its YAML extends (``model/decoder/lstm_attention_schema``, ...;
+    see :meth:`imgcap.registry.Registry.store_schemas`). Must run before a config that selects
+    a decoder or an objective is composed; idempotent."""
+    from imgcap.decoders import DECODERS
+    from imgcap.objectives import OBJECTIVES
+
+    DECODERS.store_schemas()
+    OBJECTIVES.store_schemas()
