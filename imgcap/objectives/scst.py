@@ -10,9 +10,9 @@ gradient pushes up the log-probability of the samples that beat a baseline:
 other samples, ``baseline: greedy`` the reward of the image's greedy caption (decoded in eval
 mode without gradients). The mask keeps each sample's tokens up to and including ``<end>``.
 
-CIDEr-D's document frequencies come from the training references, computed once in ``setup``
-(:class:`imgcap.metrics.cider_d.CiderD`); captions are compared as the vocabulary sees them
-(lower case, no punctuation). SCST starts from a cross-entropy checkpoint: ``init_from=``.
+The reward is :class:`imgcap.objectives.reward.CiderDReward`, built once in ``setup``: CIDEr-D
+with document frequencies from the training references, captions compared as the vocabulary
+sees them (lower case, no punctuation). SCST starts from a cross-entropy checkpoint: ``init_from=``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 from imgcap.decoders.decoding import greedy_decode, sample_captions
 from imgcap.errors import ConfigError
 from imgcap.objectives.base import Objective, ObjectiveContext, register_objective
+from imgcap.objectives.reward import CiderDReward
 from imgcap.settings import Settings, choice, integer, number
-from imgcap.tokens import END_ID, PAD_ID, START_ID
 
 BASELINES = ("mean", "greedy")
 
@@ -84,49 +84,29 @@ class SelfCritical(Objective):
         self.temperature = float(temperature)
         self.max_len = max_len
         self.num_logged = int(num_logged)
-        self.cider = None
-        self._words: Sequence[str] = ()
-        self._normalize = str.split
-        # raw reference captions of an image -> as the reward compares them (built in setup)
-        self._tokenized: dict[tuple[str, ...], list[str]] = {}
+        self.reward: CiderDReward | None = None
 
     def setup(self, context: ObjectiveContext) -> None:
-        from imgcap.metrics.cider_d import CiderD  # numpy only; imported when SCST is used
-
         if not context.train_references:
             raise ConfigError(
                 "model/objective=scst needs the training references for CIDEr-D's document "
                 "frequencies, and the data module lists none (train_references())"
             )
-        self._words = list(context.words)
-        self._normalize = context.normalize
         self.max_len = int(self.max_len or context.max_len)
-        self._tokenized = {}
-        self.cider = CiderD([self._tokenize(refs) for refs in context.train_references])
-
-    def _tokenize(self, captions: Sequence[str]) -> list[str]:
-        """An image's references, normalised as the vocabulary sees them; each image's are
-        normalised once (training batches repeat the same references every epoch)."""
-        key = tuple(captions)
-        if key not in self._tokenized:
-            self._tokenized[key] = [" ".join(self._normalize(c)) for c in captions]
-        return self._tokenized[key]
+        self.reward = CiderDReward(context.words, context.train_references, context.normalize)
 
     def words(self, tokens: Sequence[int]) -> str:
         """Token ids -> the caption as words, up to <end> (no specials)."""
-        out = []
-        for t in tokens:
-            if t == END_ID:
-                break
-            if t not in (PAD_ID, START_ID):
-                out.append(self._words[t])
-        return " ".join(out)
+        return self._reward().words(tokens)
 
     def rewards(self, token_rows: torch.Tensor | list, references: list[list[str]]) -> torch.Tensor:
         """CIDEr-D of each caption (rows of ids) against its references -> (N,) float32."""
-        rows = token_rows.tolist() if isinstance(token_rows, torch.Tensor) else token_rows
-        scores = self.cider.scores([self.words(r) for r in rows], references)
-        return torch.as_tensor(scores, dtype=torch.float32)
+        return self._reward()(token_rows, references)
+
+    def _reward(self) -> CiderDReward:
+        if self.reward is None:
+            raise RuntimeError("SelfCritical.setup() must run before training (on_fit_start)")
+        return self.reward
 
     def __call__(
         self,
@@ -135,16 +115,15 @@ class SelfCritical(Objective):
         batch: dict[str, Any],
         teacher_forcing_ratio: float = 1.0,
     ) -> dict[str, torch.Tensor]:
-        if self.cider is None:
-            raise RuntimeError("SelfCritical.setup() must run before training (on_fit_start)")
+        reward_of = self._reward()
         B, n, device = features.shape[0], self.n, features.device
-        references = [self._tokenize(refs) for refs in batch["references"]]
+        references = batch["references"]
         per_sample_refs = [refs for refs in references for _ in range(n)]
 
         sampled = sample_captions(
             decoder, features, n=n, max_len=self.max_len, temperature=self.temperature
         )
-        reward = self.rewards(sampled.tokens, per_sample_refs).to(device).view(B, n)
+        reward = reward_of(sampled.tokens, per_sample_refs).to(device).view(B, n)
         if self.baseline == "mean":
             baseline = (reward.sum(1, keepdim=True) - reward) / (n - 1)
         else:
@@ -153,7 +132,7 @@ class SelfCritical(Objective):
             with torch.no_grad():
                 greedy = greedy_decode(decoder, features.detach(), max_len=self.max_len)
             decoder.train(was_training)
-            baseline = self.rewards(greedy.tokens, references).to(device).view(B, 1).expand(B, n)
+            baseline = reward_of(greedy.tokens, references).to(device).view(B, 1).expand(B, n)
         advantage = (reward - baseline).reshape(-1, 1)  # (B*n, 1), a constant for autograd
 
         mask = sampled.mask.to(sampled.log_probs.dtype)
