@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from imgcap.data.sizes import DATA_SIZES, check_data_sizes
 from imgcap.errors import ConfigError
 from imgcap.settings import check_beam_size, check_int, check_number
 
@@ -90,14 +91,9 @@ def check_data_config(cfg: DictConfig) -> None:
     data = cfg.get("data")
     if data is None:
         return
-    for key, minimum in (("batch_size", 1), ("image_size", 8), ("min_word_freq", 1)):
-        if key in data:
-            _int(cfg, f"data.{key}", minimum)
+    check_data_sizes({key: _value(cfg, f"data.{key}") for key in DATA_SIZES if key in data})
     if "num_workers" in data and _value(cfg, "data.num_workers") != "auto":
         _int(cfg, "data.num_workers", 0)
-    for key, minimum in (("eval_batch_size", 1), ("max_caption_len", 3), ("limit_train_images", 1)):
-        if key in data:
-            _int(cfg, f"data.{key}", minimum, optional=True)
     for key in ("split_seed", "shuffle_seed"):
         if key in data:
             _int(cfg, f"data.{key}", 0)
