@@ -53,9 +53,7 @@ def unroll_shrinking(
     state = decoder.init_state(features)
     weights = state.weights
     h, c = state.h, state.c
-    projected = state.projected
-    if projected is None:
-        projected = decoder.attention.project(features)  # (B, P, A)
+    projected = state.projected  # (B, P, A); None: recomputed every step (the benchmark's case)
     sampling = teacher_forcing_ratio < 1.0
     if not sampling:
         inputs = decoder.embedding(captions[:, :-1])  # (B, T-1, E), ground truth at every step
@@ -77,7 +75,10 @@ def unroll_shrinking(
                 tokens = torch.where(use_pred, prev_pred[:n], tokens)
             emb = decoder.embedding(tokens)  # (n, E)
             x_gates = input_gates(weights, emb)
-        h, c, z, alpha = attend_and_update(weights, x_gates, h, c, projected[:n], features[:n])
+        step_projected = (
+            projected[:n] if projected is not None else decoder.attention.project(features[:n])
+        )
+        h, c, z, alpha = attend_and_update(weights, x_gates, h, c, step_projected, features[:n])
         alphas.append(alpha)
         if sampling:
             logits = decoder.output_logits(h, z, emb)  # (n, V)
