@@ -23,6 +23,7 @@ from torchvision import transforms as T
 
 from imgcap.data.transforms import IMAGENET_MEAN, IMAGENET_STD, load_image
 from imgcap.errors import ConfigError
+from imgcap.settings import check_beam_size
 
 ImageInput = str | os.PathLike | Image.Image
 
@@ -101,20 +102,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             "use device='cpu' or 'auto'"
         )
     return resolved
-
-
-def check_beam_size(value: Any) -> int:
-    """A positive int, or a ConfigError naming ``beam_size``."""
-    try:
-        size = int(value)
-        ok = size == value and size >= 1
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(
-            f"beam_size={value!r} must be a positive int (1 = greedy), e.g. beam_size=3"
-        )
-    return size
 
 
 class Captioner:

@@ -15,9 +15,13 @@ from imgcap.decoders.decoding import (
     greedy_decode,
     sample_captions,
 )
-from imgcap.decoders.lstm_attention import AttentionLSTMDecoder, LSTMState
+from imgcap.decoders.lstm_attention import AttentionLSTMDecoder, LSTMAttentionSettings, LSTMState
 from imgcap.decoders.registry import DECODERS, build_decoder, register_decoder
-from imgcap.decoders.transformer import TransformerDecoder, TransformerState
+from imgcap.decoders.transformer import (
+    TransformerDecoder,
+    TransformerSettings,
+    TransformerState,
+)
 
 __all__ = [
     "DECODERS",
@@ -26,9 +30,11 @@ __all__ = [
     "CaptionDecoder",
     "DecodeResult",
     "DecoderState",
+    "LSTMAttentionSettings",
     "LSTMState",
     "SampleResult",
     "TransformerDecoder",
+    "TransformerSettings",
     "TransformerState",
     "beam_search",
     "build_decoder",

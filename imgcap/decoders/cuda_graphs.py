@@ -1,9 +1,10 @@
 """Replay the decoder's fixed-shape teacher-forced unroll as CUDA graphs.
 
 The decoder's recurrence is small (a few (B, 512) matmuls per step) and runs ~20 steps, forward
-and backward: on a GPU its cost is kernel launches, not arithmetic. ``forward_fixed`` has static
-shapes and no host sync, so ``torch.cuda.make_graphed_callables`` can capture its forward and
-its backward once per input shape and replay each as a single launch afterwards.
+and backward: on a GPU its cost is kernel launches, not arithmetic. ``forward_fixed`` (the fixed
+unroll, :func:`imgcap.decoders.lstm_unrolls.unroll_fixed`) has static shapes and no host sync,
+so ``torch.cuda.make_graphed_callables`` can capture its forward and its backward once per input
+shape and replay each as a single launch afterwards.
 
 To keep the number of captured shapes small, caption tensors are padded on the right with
 ``<pad>`` to a multiple of ``time_bucket`` steps (padded positions are masked by ``lengths`` and

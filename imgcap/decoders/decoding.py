@@ -19,6 +19,7 @@ import torch
 
 from imgcap.decoders.contract import CaptionDecoder, repeat_rows
 from imgcap.errors import ConfigError
+from imgcap.settings import check_beam_size
 from imgcap.tokens import END_ID, PAD_ID, START_ID
 
 
@@ -49,8 +50,7 @@ def _next_log_probs(logits: torch.Tensor) -> torch.Tensor:
 def _check(max_len: int, beam_size: int = 1) -> None:
     if max_len < 1:
         raise ConfigError(f"decoding max_len must be >= 1, got {max_len}")
-    if beam_size < 1:
-        raise ConfigError(f"beam_size must be >= 1, got {beam_size}")
+    check_beam_size(beam_size)
 
 
 @torch.no_grad()

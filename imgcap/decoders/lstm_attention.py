@@ -11,37 +11,59 @@ One decoding step, from previous word y_{t-1} and state (h, c):
     logits = out(dropout(h'))                                   # plain output
     logits = out(dropout(embed(y_{t-1}) + L_h h' + L_z z))      # deep output (deep_output=True)
 
-``step`` is that function and everything calls it: greedy decoding and beam search. Teacher-forced
-training (``forward``) unrolls the same equations in one of two ways, chosen by ``unroll``:
+The step is written once (:func:`imgcap.decoders.lstm_cell.attend_and_update`) and every path
+calls it: ``step`` (greedy decoding, beam search, sampling) and the teacher-forced unrolls of
+``forward``, chosen by ``unroll`` (:mod:`imgcap.decoders.lstm_unrolls`): ``shrink`` (a batch
+that shrinks as captions end: least arithmetic, fastest on CPUs) or ``fixed`` (static shapes,
+no host sync: capturable as CUDA graphs, see :mod:`imgcap.decoders.cuda_graphs`). ``auto`` (the
+default) picks ``fixed`` for CUDA tensors and ``shrink`` elsewhere. All give the same logits to
+float tolerance (tests/decoders/test_decoder_paths.py).
 
-* ``shrink``: sort by length and run step t on the captions still going only (the rows
-  ``[:n_t]``). Least arithmetic; the batch size changes every step and reading the step counts
-  costs one host sync. Fastest on the CPU, where arithmetic is the cost.
-* ``fixed``: every step runs on the whole (B, ...) batch; padded positions are masked at the end.
-  The parts that do not depend on the recurrence are hoisted out of the loop: the embedding half
-  of the LSTM input gates for all steps is one matmul, and the three projections of h (attention
-  ``W_h h``, gate ``f_beta(h)``, LSTM ``W_hh h``) are one matmul per step. Shapes are static and
-  there is no host sync, so the unroll can be captured as a CUDA graph (see ``cuda_graphs.py``):
-  on a GPU, where kernel launches rather than arithmetic bound this small recurrence, that is
-  what makes it fast.
-
-``auto`` (the default) picks ``fixed`` for CUDA tensors and ``shrink`` elsewhere. Both give the
-same logits to float tolerance (tests/decoders/test_decoder_paths.py).
+The settings (sizes, dropout, output layer, unroll) are :class:`LSTMAttentionSettings`, the
+single home of their defaults and checks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from imgcap.decoders.attention import AdditiveAttention
 from imgcap.decoders.contract import gather_rows
+from imgcap.decoders.lstm_cell import CellWeights, attend_and_update, cell_weights, input_gates
+from imgcap.decoders.lstm_unrolls import unroll_fixed, unroll_shrinking
 from imgcap.decoders.registry import register_decoder
-from imgcap.errors import ConfigError
+from imgcap.settings import Settings, choice, flag, integer, number
 from imgcap.tokens import PAD_ID
+
+UNROLL_MODES = ("auto", "shrink", "fixed")
+
+
+@dataclass(frozen=True)
+class LSTMAttentionSettings(Settings):
+    """The attention LSTM's settings (``model.decoder.*``): the single home of their defaults
+    and checks; ``conf/model/decoder/lstm_attention.yaml`` extends it as its schema.
+
+    embed_dim, decoder_dim, attention_dim: E (word embedding), D (LSTM state), A (attention).
+    dropout: before the output layer.
+    deep_output: logits from h + context + embedding instead of h alone.
+    precompute_projection: compute the attention's W_e e once per image (False recomputes it
+        every step: slower, same results; only the speed benchmark turns it off).
+    unroll: the teacher-forced unroll, ``shrink`` | ``fixed`` | ``auto`` (fixed on CUDA).
+    """
+
+    config_key: ClassVar[str] = "model.decoder"
+
+    embed_dim: int = integer(512)
+    decoder_dim: int = integer(512)
+    attention_dim: int = integer(512)
+    dropout: float = number(0.5, high=1.0, high_open=True)
+    deep_output: bool = flag(False)
+    precompute_projection: bool = flag(True)
+    unroll: str = choice("auto", UNROLL_MODES)
 
 
 @dataclass
@@ -57,6 +79,8 @@ class LSTMState:
     c: torch.Tensor
     features: torch.Tensor
     projected: torch.Tensor | None
+    #: the decoder's step weights, arranged once per decode or forward (shared by all rows)
+    weights: CellWeights | None = None
 
     def select(self, index: torch.Tensor) -> LSTMState:
         """index (B, m): the rows each image's m new rows continue (see the decoder contract).
@@ -70,13 +94,11 @@ class LSTMState:
             self.c[:n],
             self.features[:n],
             None if self.projected is None else self.projected[:n],
+            self.weights,
         )
 
     def with_hidden(self, h: torch.Tensor, c: torch.Tensor) -> LSTMState:
         return replace(self, h=h, c=c)
-
-
-UNROLL_MODES = ("auto", "shrink", "fixed")
 
 
 @register_decoder("lstm_attention")
@@ -84,40 +106,48 @@ class AttentionLSTMDecoder(nn.Module):
     """Attention LSTM decoder; see the module docstring for the step equations. Implements the
     decoder contract (:mod:`imgcap.decoders.contract`).
 
-    Attributes mirror the constructor (``vocab_size, encoder_dim, embed_dim, decoder_dim,
+    Args:
+        vocab_size: V, output classes (special tokens included).
+        encoder_dim: C, channels of each encoder region.
+        args, kwargs: the fields of :class:`LSTMAttentionSettings` (positionally in their
+            order, ``embed_dim, decoder_dim, attention_dim, ...``, or by name), or
+            ``settings=`` one instance of it.
+
+    Attributes mirror the settings (``vocab_size, encoder_dim, embed_dim, decoder_dim,
     attention_dim, dropout, deep_output, precompute_projection, unroll``). Layers: ``embedding``,
     ``attention`` (``encoder_proj``, ``decoder_proj``, ``score``), ``init_h``, ``init_c``,
     ``f_beta``, ``lstm``, ``drop``, ``out`` and, with deep output, ``deep_h``, ``deep_z``.
     """
 
-    # teacher_forcing_ratio < 1 feeds the decoder's own predictions (see forward_shrinking)
+    settings_class = LSTMAttentionSettings
+    # teacher_forcing_ratio < 1 feeds the decoder's own predictions (see unroll_shrinking)
     supports_scheduled_sampling = True
 
     def __init__(
         self,
         vocab_size: int,
         encoder_dim: int,
-        embed_dim: int = 512,
-        decoder_dim: int = 512,
-        attention_dim: int = 512,
-        dropout: float = 0.5,
-        deep_output: bool = False,
-        precompute_projection: bool = True,
-        unroll: str = "auto",
+        *args: Any,
+        settings: LSTMAttentionSettings | None = None,
+        **kwargs: Any,
     ):
         super().__init__()
+        if settings is None:
+            settings = LSTMAttentionSettings.from_args(*args, **kwargs)
+        self.settings = settings
         self.vocab_size = vocab_size
         self.encoder_dim = encoder_dim
+        embed_dim, decoder_dim = settings.embed_dim, settings.decoder_dim
+        attention_dim, dropout = settings.attention_dim, settings.dropout
+        deep_output = settings.deep_output
         self.embed_dim = embed_dim
         self.decoder_dim = decoder_dim
         self.attention_dim = attention_dim
         self.dropout = dropout
         self.deep_output = deep_output
         # False recomputes W_e e at every step: slower, same results; kept for the benchmark
-        self.precompute_projection = precompute_projection
-        if unroll not in UNROLL_MODES:
-            raise ConfigError(f"model.decoder.unroll must be one of {UNROLL_MODES}, got {unroll!r}")
-        self.unroll = unroll
+        self.precompute_projection = settings.precompute_projection
+        self.unroll = settings.unroll
         # Optional replacement for ``forward_fixed`` (e.g. a CUDA-graph replayer), same signature.
         self.fixed_runner = None
 
@@ -148,10 +178,13 @@ class AttentionLSTMDecoder(nn.Module):
 
     def init_state(self, features: torch.Tensor) -> LSTMState:
         """features (B, P, C) -> initial state, one row per image: h0, c0 (B, D) from the mean
-        region vector, and the attention projection W_e e (B, P, A) computed once."""
+        region vector, the attention projection W_e e (B, P, A) computed once, and the step
+        weights arranged once."""
         mean = features.mean(dim=1)  # (N, C)
         projected = self.attention.project(features) if self.precompute_projection else None
-        return LSTMState(self.init_h(mean), self.init_c(mean), features, projected)
+        return LSTMState(
+            self.init_h(mean), self.init_c(mean), features, projected, cell_weights(self)
+        )
 
     def gate(self, h: torch.Tensor) -> torch.Tensor:
         """h (N, D) -> sigmoid(f_beta(h)) (N, C) in (0, 1): how much of the context to let in."""
@@ -162,13 +195,13 @@ class AttentionLSTMDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Recurrent half of a step: emb (N, E) of the previous word, N = B * g rows
         -> h, c (N, D), gated context z (N, C), alpha (N, P)."""
+        weights = state.weights if state.weights is not None else cell_weights(self)
         projected = state.projected
         if projected is None:
             projected = self.attention.project(state.features)  # (B, P, A)
-        context, alpha = self.attention(projected, state.features, state.h)  # (N, C), (N, P)
-        z = self.gate(state.h) * context  # (N, C)
-        h, c = self.lstm(torch.cat([emb, z], dim=1), (state.h, state.c))  # (N, D) each
-        return h, c, z, alpha
+        return attend_and_update(
+            weights, input_gates(weights, emb), state.h, state.c, projected, state.features
+        )
 
     def output_logits(self, h: torch.Tensor, z: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """Output half of a step: h (..., D), z (..., C), emb (..., E) -> logits (..., V)."""
@@ -244,135 +277,13 @@ class AttentionLSTMDecoder(nn.Module):
         teacher_forcing_ratio: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``forward`` with the shrinking batch (also the scheduled-sampling path)."""
-        B, T = captions.shape
-        steps = T - 1
-        device = captions.device
-        if lengths is None:
-            dec_len = torch.full((B,), steps, dtype=torch.long, device=device)
-        else:
-            dec_len = (lengths.to(device=device, dtype=torch.long) - 1).clamp(0, steps)
-        # Sort longest first so the captions still running at step t are a prefix of the batch:
-        # each step then runs on rows [:n_t] only, and finished captions cost nothing.
-        order = None
-        if lengths is not None:
-            dec_len, order = dec_len.sort(descending=True, stable=True)
-            features, captions = features[order], captions[order]
-        active = dec_len.unsqueeze(0) > torch.arange(steps, device=device).unsqueeze(1)
-        counts = active.sum(1).tolist()  # (T-1,) rows active per step; one host sync
-
-        state = self.init_state(features)
-        sampling = teacher_forcing_ratio < 1.0
-        if not sampling:
-            inputs = self.embedding(captions[:, :-1])  # (B, T-1, E), ground truth at every step
-        outs, alphas = [], []  # per step: logits or (h, z, emb) rows, and (n_t, P)
-        prev_pred = captions[:, 0]
-        for t, n in enumerate(counts):
-            if n == 0:
-                break
-            state = state.prefix(n)
-            if not sampling:
-                emb = inputs[:n, t]  # (n, E)
-            else:
-                tokens = captions[:n, t]
-                if t > 0:
-                    use_pred = (
-                        torch.rand(n, device=device, generator=generator) >= teacher_forcing_ratio
-                    )
-                    tokens = torch.where(use_pred, prev_pred[:n], tokens)
-                emb = self.embedding(tokens)  # (n, E)
-            h, c, z, alpha = self.advance(emb, state)
-            state = state.with_hidden(h, c)
-            alphas.append(alpha)
-            if sampling:
-                logits = self.output_logits(h, z, emb)  # (n, V)
-                prev_pred = logits.argmax(-1)  # no gradient flows through the choice
-                outs.append(logits)
-            else:
-                outs.append((h, z, emb))
-
-        if not alphas:  # T == 1 or all lengths <= 1: nothing to predict
-            return (
-                features.new_zeros(B, steps, self.vocab_size),
-                features.new_zeros(B, steps, features.shape[1]),
-            )
-        if sampling:
-            packed_logits = torch.cat(outs)  # (sum n_t, V)
-        else:
-            # one large output matmul over all steps instead of T-1 small ones
-            h_all, z_all, e_all = (torch.cat(x) for x in zip(*outs, strict=True))
-            packed_logits = self.output_logits(h_all, z_all, e_all)  # (sum n_t, V)
-        packed_alphas = torch.cat(alphas)  # (sum n_t, P)
-
-        # rows are packed step-major, which is the order of the True entries of active (T-1, B)
-        logits = packed_logits.new_zeros(steps, B, self.vocab_size)
-        logits[active] = packed_logits
-        alpha_out = packed_alphas.new_zeros(steps, B, features.shape[1])
-        alpha_out[active] = packed_alphas
-        logits, alpha_out = logits.transpose(0, 1), alpha_out.transpose(0, 1)  # (B, T-1, ...)
-        if order is not None:
-            inverse = torch.argsort(order)  # undo the length sort
-            logits, alpha_out = logits[inverse], alpha_out[inverse]
-        return logits, alpha_out
+        """``forward`` with the shrinking batch (also the scheduled-sampling path); see
+        :func:`imgcap.decoders.lstm_unrolls.unroll_shrinking`."""
+        return unroll_shrinking(self, features, captions, lengths, teacher_forcing_ratio, generator)
 
     def forward_fixed(
         self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced ``forward`` with static shapes: every step runs on all B rows.
-
-        features (B, P, C), captions (B, T) long, lengths (B,) long on the captions' device
-        -> logits (B, T-1, V), alphas (B, T-1, P), zero after each caption's last step.
-        No host sync and no data-dependent branch, so it can be captured as a CUDA graph.
-        """
-        B, T = captions.shape
-        steps = T - 1
-        E, A, C = self.embed_dim, self.attention_dim, self.encoder_dim
-        state = self.init_state(features)
-        projected = state.projected
-        if projected is None:
-            projected = self.attention.project(features)  # (B, P, A)
-        h, c = state.h, state.c
-
-        lstm = self.lstm
-        emb = self.embedding(captions[:, :-1])  # (B, T-1, E)
-        # The LSTM input is [emb; z]: its emb half (plus both biases) for all steps in one matmul.
-        x_gates = F.linear(emb, lstm.weight_ih[:, :E], lstm.bias_ih + lstm.bias_hh)  # (B, T-1, 4D)
-        w_z = lstm.weight_ih[:, E:]  # (4D, C)
-        # Everything that reads h, in one matmul: [W_h; f_beta; W_hh] h -> (B, A + C + 4D).
-        w_h = torch.cat([self.attention.decoder_proj.weight, self.f_beta.weight, lstm.weight_hh])
-        b_h = torch.cat(
-            [
-                self.attention.decoder_proj.bias,
-                self.f_beta.bias,
-                lstm.bias_hh.new_zeros(4 * h.shape[1]),
-            ]
-        )
-        score = self.attention.score
-        hs, zs, alphas = [], [], []
-        for t in range(steps):
-            att_h, gate_h, hh = F.linear(h, w_h, b_h).split([A, C, 4 * h.shape[1]], dim=1)
-            hidden = torch.tanh(projected + att_h.unsqueeze(1))  # (B, P, A)
-            alpha = score(hidden).squeeze(-1).softmax(dim=-1)  # (B, P)
-            context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)  # (B, C)
-            z = torch.sigmoid(gate_h) * context  # (B, C)
-            gates = torch.addmm(x_gates[:, t] + hh, z, w_z.t())  # (B, 4D), order i, f, g, o
-            i, f, g, o = gates.chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            hs.append(h)
-            zs.append(z)
-            alphas.append(alpha)
-        if steps == 0:
-            return (
-                features.new_zeros(B, 0, self.vocab_size),
-                features.new_zeros(B, 0, features.shape[1]),
-            )
-        h_all, z_all = torch.stack(hs, 1), torch.stack(zs, 1)  # (B, T-1, D), (B, T-1, C)
-        logits = self.output_logits(h_all, z_all, emb)  # (B, T-1, V), one matmul
-        # Caption i predicts lengths[i] - 1 tokens; later positions are padding targets.
-        active = torch.arange(steps, device=captions.device).unsqueeze(0) < (lengths - 1).unsqueeze(
-            1
-        )
-        mask = active.unsqueeze(-1)  # (B, T-1, 1)
-        alpha_all = torch.stack(alphas, 1)  # (B, T-1, P)
-        return logits * mask.to(logits.dtype), alpha_all * mask.to(alpha_all.dtype)
+        """Teacher-forced ``forward`` with static shapes (capturable as a CUDA graph); see
+        :func:`imgcap.decoders.lstm_unrolls.unroll_fixed`."""
+        return unroll_fixed(self, features, captions, lengths)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,43 @@ from torch import nn
 from imgcap.decoders.contract import gather_rows
 from imgcap.decoders.registry import register_decoder
 from imgcap.errors import ConfigError
+from imgcap.settings import Settings, flag, integer, number
 from imgcap.tokens import PAD_ID
+
+
+@dataclass(frozen=True)
+class TransformerSettings(Settings):
+    """The Transformer decoder's settings (``model.decoder.*``): the single home of their
+    defaults and checks; ``conf/model/decoder/transformer.yaml`` extends it as its schema.
+
+    d_model: width of the layers; a multiple of num_heads.
+    num_layers, num_heads, ff_dim: layers, attention heads, feed-forward width.
+    dropout: on the embeddings, the memory and every residual branch.
+    attention_dropout: on the attention weights.
+    max_len: positions a caption may have (inputs, <start> included); decoding past it or
+        teacher forcing a longer caption is a ConfigError naming ``model.decoder.max_len``.
+    tie_embeddings: share the output layer's weights with the token embedding.
+    region_positions: add a 2-D position code to the memory (which grid cell each region is).
+    """
+
+    config_key: ClassVar[str] = "model.decoder"
+
+    d_model: int = integer(512)
+    num_layers: int = integer(3)
+    num_heads: int = integer(8)
+    ff_dim: int = integer(2048)
+    dropout: float = number(0.1, high=1.0, high_open=True)
+    attention_dropout: float = number(0.1, high=1.0, high_open=True)
+    max_len: int = integer(64)
+    tie_embeddings: bool = flag(True)
+    region_positions: bool = flag(True)
+
+    def check(self) -> None:
+        if self.d_model % self.num_heads:
+            raise ConfigError(
+                f"model.decoder.d_model={self.d_model} must be a multiple of "
+                f"model.decoder.num_heads={self.num_heads}"
+            )
 
 
 @dataclass
@@ -186,38 +223,30 @@ class TransformerDecoder(nn.Module):
     Args:
         vocab_size: V, output classes (special tokens included).
         encoder_dim: C, channels of each encoder region.
-        d_model: width of the layers; a multiple of num_heads.
-        num_layers, num_heads, ff_dim: layers, attention heads, feed-forward width.
-        dropout: on the embeddings, the memory and every residual branch.
-        attention_dropout: on the attention weights.
-        max_len: positions a caption may have (inputs, <start> included); decoding past it or
-            teacher forcing a longer caption is a ConfigError naming ``model.decoder.max_len``.
-        tie_embeddings: share the output layer's weights with the token embedding.
-        region_positions: add a 2-D position code to the memory (which grid cell each region is).
+        args, kwargs: the fields of :class:`TransformerSettings` (positionally in their order
+            or by name), or ``settings=`` one instance of it.
     """
+
+    settings_class = TransformerSettings
 
     def __init__(
         self,
         vocab_size: int,
         encoder_dim: int,
-        d_model: int = 512,
-        num_layers: int = 3,
-        num_heads: int = 8,
-        ff_dim: int = 2048,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.0,
-        max_len: int = 64,
-        tie_embeddings: bool = True,
-        region_positions: bool = True,
+        *args: Any,
+        settings: TransformerSettings | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
-        if d_model % num_heads:
-            raise ConfigError(
-                f"model.decoder.d_model={d_model} must be a multiple of "
-                f"model.decoder.num_heads={num_heads}"
-            )
+        if settings is None:
+            settings = TransformerSettings.from_args(*args, **kwargs)
+        self.settings = settings
         self.vocab_size = vocab_size
         self.encoder_dim = encoder_dim
+        d_model, num_layers = settings.d_model, settings.num_layers
+        num_heads, ff_dim = settings.num_heads, settings.ff_dim
+        dropout, attention_dropout = settings.dropout, settings.attention_dropout
+        max_len, tie_embeddings = settings.max_len, settings.tie_embeddings
         self.d_model = d_model
         self.num_layers = num_layers
         self.num_heads = num_heads
@@ -226,7 +255,7 @@ class TransformerDecoder(nn.Module):
         self.attention_dropout = attention_dropout
         self.max_len = max_len
         self.tie_embeddings = tie_embeddings
-        self.region_positions = region_positions
+        self.region_positions = settings.region_positions
 
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=PAD_ID)
         # Fixed, so not saved: a checkpoint can be used with a larger max_len.

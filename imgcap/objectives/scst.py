@@ -10,24 +10,54 @@ gradient pushes up the log-probability of the samples that beat a baseline:
 other samples, ``baseline: greedy`` the reward of the image's greedy caption (decoded in eval
 mode without gradients). The mask keeps each sample's tokens up to and including ``<end>``.
 
-CIDEr-D's document frequencies come from the training references, computed once in ``setup``
-(:class:`imgcap.metrics.cider_d.CiderD`); captions are compared as the vocabulary sees them
-(lower case, no punctuation). SCST starts from a cross-entropy checkpoint: ``init_from=``.
+The reward is :class:`imgcap.objectives.reward.CiderDReward`, built once in ``setup``: CIDEr-D
+with document frequencies from the training references, captions compared as the vocabulary
+sees them (lower case, no punctuation). SCST starts from a cross-entropy checkpoint: ``init_from=``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from imgcap.decoders.decoding import greedy_decode, sample_captions
 from imgcap.errors import ConfigError
 from imgcap.objectives.base import Objective, ObjectiveContext, register_objective
-from imgcap.tokens import END_ID, PAD_ID, START_ID
+from imgcap.objectives.reward import CiderDReward
+from imgcap.settings import Settings, choice, integer, number
 
 BASELINES = ("mean", "greedy")
+
+
+@dataclass(frozen=True)
+class SCSTSettings(Settings):
+    """Self-critical training's settings (``model.objective.*``;
+    ``conf/model/objective/scst.yaml``).
+
+    samples: captions drawn per image (>= 2 with the mean baseline).
+    baseline: ``mean`` (of the image's other samples) or ``greedy`` (its greedy caption).
+    temperature: sampling temperature (1 samples the model's own distribution).
+    max_len: longest sampled caption; None uses the model's ``max_len``.
+    num_logged: how many sampled captions of the latest step are kept for the loggers.
+    """
+
+    config_key: ClassVar[str] = "model.objective"
+
+    samples: int = integer(5)
+    baseline: str = choice("mean", BASELINES)
+    temperature: float = number(1.0)
+    max_len: int | None = integer(None, optional=True)
+    num_logged: int = integer(4, minimum=0)
+
+    def check(self) -> None:
+        if self.samples < (2 if self.baseline == "mean" else 1):
+            raise ConfigError(
+                f"model.objective.samples={self.samples}: the mean baseline needs at least 2 "
+                "samples per image (the others' mean); use more samples or baseline=greedy"
+            )
 
 
 @register_objective("scst")
@@ -38,81 +68,45 @@ class SelfCritical(Objective):
     (their mean difference: 0 with the mean baseline) and ``sample_length``; the reward is also
     logged as an epoch mean (``train/reward_epoch``).
 
-    Args:
-        samples: captions drawn per image (>= 2 with the mean baseline).
-        baseline: ``mean`` (of the image's other samples) or ``greedy`` (its greedy caption).
-        temperature: sampling temperature (1 samples the model's own distribution).
-        max_len: longest sampled caption; None uses the model's ``max_len``.
-        num_logged: how many sampled captions of the latest step are kept for the loggers.
+    Settings: :class:`SCSTSettings` (its fields by name, or ``settings=`` an instance).
     """
 
-    def __init__(
-        self,
-        samples: int = 5,
-        baseline: str = "mean",
-        temperature: float = 1.0,
-        max_len: int | None = None,
-        num_logged: int = 4,
-    ) -> None:
+    settings_class = SCSTSettings
+
+    def __init__(self, *args: Any, settings: SCSTSettings | None = None, **kwargs: Any) -> None:
+        self.settings = settings = settings or SCSTSettings.from_args(*args, **kwargs)
+        samples, baseline, temperature = settings.samples, settings.baseline, settings.temperature
+        max_len, num_logged = settings.max_len, settings.num_logged
         self.epoch_means = ("reward",)
-        if baseline not in BASELINES:
-            raise ConfigError(
-                f"model.objective.baseline must be one of {BASELINES}, got {baseline!r}"
-            )
-        if int(samples) < (2 if baseline == "mean" else 1):
-            raise ConfigError(
-                f"model.objective.samples={samples}: the mean baseline needs at least 2 samples "
-                "per image (the others' mean); use more samples or baseline=greedy"
-            )
         self.logged_samples = None
         self.n = int(samples)
         self.baseline = baseline
         self.temperature = float(temperature)
         self.max_len = max_len
         self.num_logged = int(num_logged)
-        self.cider = None
-        self._words: Sequence[str] = ()
-        self._normalize = str.split
-        # raw reference captions of an image -> as the reward compares them (built in setup)
-        self._tokenized: dict[tuple[str, ...], list[str]] = {}
+        self.reward: CiderDReward | None = None
 
     def setup(self, context: ObjectiveContext) -> None:
-        from imgcap.metrics.cider_d import CiderD  # numpy only; imported when SCST is used
-
         if not context.train_references:
             raise ConfigError(
                 "model/objective=scst needs the training references for CIDEr-D's document "
                 "frequencies, and the data module lists none (train_references())"
             )
-        self._words = list(context.words)
-        self._normalize = context.normalize
         self.max_len = int(self.max_len or context.max_len)
-        self._tokenized = {}
-        self.cider = CiderD([self._tokenize(refs) for refs in context.train_references])
-
-    def _tokenize(self, captions: Sequence[str]) -> list[str]:
-        """An image's references, normalised as the vocabulary sees them; each image's are
-        normalised once (training batches repeat the same references every epoch)."""
-        key = tuple(captions)
-        if key not in self._tokenized:
-            self._tokenized[key] = [" ".join(self._normalize(c)) for c in captions]
-        return self._tokenized[key]
+        self.reward = CiderDReward(context.words, context.train_references, context.normalize)
 
     def words(self, tokens: Sequence[int]) -> str:
         """Token ids -> the caption as words, up to <end> (no specials)."""
-        out = []
-        for t in tokens:
-            if t == END_ID:
-                break
-            if t not in (PAD_ID, START_ID):
-                out.append(self._words[t])
-        return " ".join(out)
+        return self._reward().words(tokens)
 
     def rewards(self, token_rows: torch.Tensor | list, references: list[list[str]]) -> torch.Tensor:
         """CIDEr-D of each caption (rows of ids) against its references -> (N,) float32."""
-        rows = token_rows.tolist() if isinstance(token_rows, torch.Tensor) else token_rows
-        scores = self.cider.scores([self.words(r) for r in rows], references)
-        return torch.as_tensor(scores, dtype=torch.float32)
+        return self._reward()(token_rows, references)
+
+    def _reward(self) -> CiderDReward:
+        if self.reward is None:
+            raise RuntimeError("SelfCritical.setup() must run before training (on_fit_start)")
+        return self.reward
 
     def __call__(
         self,
@@ -121,16 +115,15 @@ class SelfCritical(Objective):
         batch: dict[str, Any],
         teacher_forcing_ratio: float = 1.0,
     ) -> dict[str, torch.Tensor]:
-        if self.cider is None:
-            raise RuntimeError("SelfCritical.setup() must run before training (on_fit_start)")
+        reward_of = self._reward()
         B, n, device = features.shape[0], self.n, features.device
-        references = [self._tokenize(refs) for refs in batch["references"]]
+        references = batch["references"]
         per_sample_refs = [refs for refs in references for _ in range(n)]
 
         sampled = sample_captions(
             decoder, features, n=n, max_len=self.max_len, temperature=self.temperature
         )
-        reward = self.rewards(sampled.tokens, per_sample_refs).to(device).view(B, n)
+        reward = reward_of(sampled.tokens, per_sample_refs).to(device).view(B, n)
         if self.baseline == "mean":
             baseline = (reward.sum(1, keepdim=True) - reward) / (n - 1)
         else:
@@ -139,7 +132,7 @@ class SelfCritical(Objective):
             with torch.no_grad():
                 greedy = greedy_decode(decoder, features.detach(), max_len=self.max_len)
             decoder.train(was_training)
-            baseline = self.rewards(greedy.tokens, references).to(device).view(B, 1).expand(B, n)
+            baseline = reward_of(greedy.tokens, references).to(device).view(B, 1).expand(B, n)
         advantage = (reward - baseline).reshape(-1, 1)  # (B*n, 1), a constant for autograd
 
         mask = sampled.mask.to(sampled.log_probs.dtype)

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from imgcap.objectives.base import Objective, register_objective
+from imgcap.settings import Settings, number
 from imgcap.tokens import PAD_ID
+
+
+@dataclass(frozen=True)
+class XESettings(Settings):
+    """Cross-entropy's settings (``model.objective.*``; ``conf/model/objective/xe.yaml``).
+
+    alpha_c: weight of the doubly stochastic attention penalty (0: plain cross-entropy).
+    """
+
+    config_key: ClassVar[str] = "model.objective"
+
+    alpha_c: float = number(1.0)
 
 
 def xe_attention_loss(
@@ -37,12 +51,14 @@ def xe_attention_loss(
 class CrossEntropy(Objective):
     """Teacher forcing (or scheduled sampling, ratio < 1) with the attention penalty.
 
-    Args:
-        alpha_c: weight of the doubly stochastic attention penalty (0: plain cross-entropy).
+    Settings: :class:`XESettings` (its fields by name, or ``settings=`` an instance).
     """
 
-    def __init__(self, alpha_c: float = 1.0) -> None:
-        self.alpha_c = float(alpha_c)
+    settings_class = XESettings
+
+    def __init__(self, *args: Any, settings: XESettings | None = None, **kwargs: Any) -> None:
+        self.settings = settings or XESettings.from_args(*args, **kwargs)
+        self.alpha_c = float(self.settings.alpha_c)
 
     def __call__(
         self,

@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from imgcap.errors import ConfigError, ImgcapError
+from imgcap.settings import check_beam_size
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -18,11 +19,10 @@ def beam_sizes(value: Any, default: int) -> list[int]:
         value = default
     values = list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else [value]
     try:
-        sizes = [int(v) for v in values]
-        ok = bool(sizes) and min(sizes) >= 1 and sizes == list(values)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
+        sizes = [check_beam_size(v) for v in values]
+    except ConfigError:
+        sizes = []
+    if not sizes:
         raise ConfigError(
             f"beam_size={value} must be a positive int or a list of them, e.g. beam_size='[1,3]'"
         )

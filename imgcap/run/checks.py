@@ -12,7 +12,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from imgcap.data.sizes import DATA_SIZES, check_data_sizes
 from imgcap.errors import ConfigError
+from imgcap.settings import check_beam_size, check_int, check_number
 
 
 def _value(cfg: DictConfig, key: str) -> Any:
@@ -23,46 +25,16 @@ def _value(cfg: DictConfig, key: str) -> Any:
 
 
 def _int(cfg: DictConfig, key: str, minimum: int, optional: bool = False) -> None:
-    value = _value(cfg, key)
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(
-            f"{key}={value!r} must be an integer >= {minimum}, e.g. {key}={max(minimum, 1)}"
-            + (" (or null)" if optional else "")
-        )
+    check_int(key, _value(cfg, key), minimum, optional)
 
 
 def _float(cfg: DictConfig, key: str, low: float, high: float, high_open: bool = False) -> None:
-    value = _value(cfg, key)
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and low <= value and (value < high if high_open else value <= high)
-    if not ok:
-        bracket = ")" if high_open else "]"
-        raise ConfigError(f"{key}={value!r} must be a number in [{low}, {high}{bracket}")
-
-
-_ABSENT = object()
-
-
-def _has(node: DictConfig, key: str) -> bool:
-    """Whether the dotted ``key`` is set in ``node`` (to anything, None included)."""
-    return OmegaConf.select(node, key, default=_ABSENT) is not _ABSENT
-
-
-_POSITIVE_INTS = (
-    "decoder.attention_dim",
-    "decoder.embed_dim",
-    "decoder.decoder_dim",
-    "decoder.d_model",
-    "decoder.num_layers",
-    "decoder.num_heads",
-    "decoder.ff_dim",
-    "objective.samples",
-)
+    check_number(key, _value(cfg, key), low, high, high_open)
 
 
 def _check_plugin_settings(model: DictConfig) -> None:
+    """The selected decoder's and objective's settings, by their settings dataclass (names,
+    types, ranges); a plug-in without one is checked against its constructor's arguments."""
     from imgcap.decoders import DECODERS
     from imgcap.objectives import OBJECTIVES
 
@@ -80,22 +52,15 @@ def check_model_config(cfg: DictConfig) -> None:
     model = cfg.get("model")
     if model is None:
         return
-    for key in ("encoded_size", "beam_size", "max_len"):
+    for key in ("encoded_size", "max_len"):
         if key in model:
             _int(cfg, f"model.{key}", 1)
+    if "beam_size" in model:
+        check_beam_size(_value(cfg, "model.beam_size"), "model.beam_size")
     # A setting the selected decoder or objective does not take (e.g. the card's
-    # model.attention_dim with model/decoder=transformer) is refused before any work.
+    # model.attention_dim with model/decoder=transformer) or a bad value of one it takes is
+    # refused before any work, by the plug-in's settings dataclass.
     _check_plugin_settings(model)
-    # Sizes of the decoders and objectives imgcap ships; others check their own settings.
-    for key in _POSITIVE_INTS:
-        if _has(model, key):
-            _int(cfg, f"model.{key}", 1)
-    for key in ("decoder.dropout", "decoder.attention_dropout"):
-        if _has(model, key):
-            _float(cfg, f"model.{key}", 0.0, 1.0, high_open=True)
-    for key in ("objective.alpha_c", "objective.temperature"):
-        if _has(model, key):
-            _float(cfg, f"model.{key}", 0.0, math.inf)
     if "teacher_forcing_ratio" in model:
         _float(cfg, "model.teacher_forcing_ratio", 0.0, 1.0)
     if "length_penalty" in model:
@@ -126,14 +91,9 @@ def check_data_config(cfg: DictConfig) -> None:
     data = cfg.get("data")
     if data is None:
         return
-    for key, minimum in (("batch_size", 1), ("image_size", 8), ("min_word_freq", 1)):
-        if key in data:
-            _int(cfg, f"data.{key}", minimum)
+    check_data_sizes({key: _value(cfg, f"data.{key}") for key in DATA_SIZES if key in data})
     if "num_workers" in data and _value(cfg, "data.num_workers") != "auto":
         _int(cfg, "data.num_workers", 0)
-    for key, minimum in (("eval_batch_size", 1), ("max_caption_len", 3), ("limit_train_images", 1)):
-        if key in data:
-            _int(cfg, f"data.{key}", minimum, optional=True)
     for key in ("split_seed", "shuffle_seed"):
         if key in data:
             _int(cfg, f"data.{key}", 0)
@@ -178,3 +138,15 @@ def _precision(cfg: DictConfig) -> None:
             f"trainer.precision={value!r} is not a precision Lightning knows: use one of "
             f"{', '.join(get_args(_PRECISION_INPUT_STR))} (or leave the default)"
         )
+
+
+def register_config_schemas() -> None:
+    """Store every registered decoder's and objective's settings dataclass in Hydra's
+    ConfigStore as the schema its YAML extends (``model/decoder/lstm_attention_schema``, ...;
+    see :meth:`imgcap.registry.Registry.store_schemas`). Must run before a config that selects
+    a decoder or an objective is composed; idempotent."""
+    from imgcap.decoders import DECODERS
+    from imgcap.objectives import OBJECTIVES
+
+    DECODERS.store_schemas()
+    OBJECTIVES.store_schemas()

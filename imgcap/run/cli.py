@@ -145,10 +145,13 @@ def unique_dir(path: str) -> str:
 
 
 def register_resolvers() -> None:
-    """The config resolvers: ``unique_dir`` (run directories) and ``imgcap.precision``."""
+    """The config resolvers: ``unique_dir`` (run directories) and ``imgcap.precision``; and
+    the plug-ins' settings schemas the model configs extend."""
+    from imgcap.run.checks import register_config_schemas
     from imgcap.run.hardware import register_resolvers as register_hardware_resolvers
 
     register_hardware_resolvers()
+    register_config_schemas()
     if not OmegaConf.has_resolver("unique_dir"):
         OmegaConf.register_new_resolver("unique_dir", unique_dir)
 

@@ -107,13 +107,14 @@ class MeanColour(nn.Module):
 @pytest.fixture
 def scratch_registry():
     """Register readers inside a test only."""
-    registry._discover()
-    saved = dict(registry._REGISTRY), dict(registry._ALIASES)
+    readers = registry.READERS
+    readers.discover()
+    saved = dict(readers.classes), dict(readers.aliases)
     yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved[0])
-    registry._ALIASES.clear()
-    registry._ALIASES.update(saved[1])
+    readers.classes.clear()
+    readers.classes.update(saved[0])
+    readers.aliases.clear()
+    readers.aliases.update(saved[1])
 
 
 # ------------------------------------------------------------------ the registry

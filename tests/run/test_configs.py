@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from imgcap.captioning_module import CaptioningModule
 from imgcap.data.datamodule import CaptionDataModule
+from imgcap.run.checks import register_config_schemas
 from tests.support.hydra_helpers import CONF_DIR, compose_train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -125,6 +126,7 @@ def test_optional_local_config_is_applied_when_present(tmp_path):
                 "# @package _global_\npaths:\n  data_dir: /srv/datasets\n"
             )
         GlobalHydra.instance().clear()
+        register_config_schemas()  # what the entry scripts do before composing
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
             cfg = compose(config_name="train")
         expected = "/srv/datasets" if present else "${paths.root_dir}/data"
@@ -144,6 +146,7 @@ def test_each_task_runs_in_its_own_folder(task, tmp_path):
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
+    register_config_schemas()  # what the entry scripts do before composing
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name=task, return_hydra_config=True)
     # read unresolved: resolving ${unique_dir:...} would create the folder
@@ -171,3 +174,77 @@ def test_one_config_file_per_callback_each_under_its_own_key(tmp_path):
     assert cfg.callbacks.progress_bar is None
     assert cfg.callbacks.encoder_fine_tuning.unfreeze_at_epoch == 3
     assert list(cfg.callbacks)[-1] == "phase_timer"  # last: it sees the others finish
+
+
+# ---------------------------------------------------------------- plug-in settings and their YAML
+
+
+def _plugin_yamls():
+    from imgcap.decoders import DECODERS
+    from imgcap.objectives import OBJECTIVES
+
+    for group, registry in (("decoder", DECODERS), ("objective", OBJECTIVES)):
+        for path in sorted((CONF_DIR / "model" / group).glob("*.yaml")):
+            yield pytest.param(path, registry, id=f"{group}/{path.stem}")
+
+
+@pytest.mark.parametrize(("path", "registry"), _plugin_yamls())
+def test_every_yaml_default_is_its_settings_dataclass_default(path, registry):
+    """The settings dataclass is the single home of a plug-in's defaults: its YAML extends it
+    as a schema and restates every field with the same value (and nothing else)."""
+    import yaml
+
+    from imgcap.settings import settings_of
+
+    written = yaml.safe_load(path.read_text())
+    assert written.pop("defaults") == [f"{path.stem}_schema", "_self_"]
+    assert written.pop("name") == path.stem
+    settings = settings_of(registry.get(path.stem))
+    assert settings is not None, f"{path.stem} declares no settings dataclass"
+    assert written == settings.defaults()
+
+
+def test_the_schema_fills_in_what_a_yaml_leaves_out(tmp_path):
+    """Composition starts from the stored schema: a decoder config file without a setting
+    still gets its dataclass default (and the YAML's own values win over it)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from imgcap.decoders.lstm_attention import LSTMAttentionSettings
+
+    conf = tmp_path / "conf"
+    import shutil
+
+    shutil.copytree(CONF_DIR, conf)
+    decoder = conf / "model" / "decoder" / "lstm_attention.yaml"
+    decoder.write_text(
+        "defaults:\n  - lstm_attention_schema\n  - _self_\nname: lstm_attention\nembed_dim: 64\n"
+    )
+    GlobalHydra.instance().clear()
+    register_config_schemas()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"paths.root_dir={tmp_path}"])
+    node = OmegaConf.to_container(cfg.model.decoder)
+    assert node == {**LSTMAttentionSettings.defaults(), "name": "lstm_attention", "embed_dim": 64}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.decoder.attention_dim=abc", "model.decoder.attention_dim='abc' must be an integer"),
+        ("model.decoder.dropout=1.0", "model.decoder.dropout=1.0 must be a number in [0.0, 1.0)"),
+        ("model.decoder.deep_output=maybe", "model.decoder.deep_output='maybe' must be true or"),
+        ("model.decoder.unroll=graph", "model.decoder.unroll must be one of"),
+        ("model.objective.alpha_c=-1", "model.objective.alpha_c=-1 must be a number in [0.0, inf]"),
+    ],
+)
+def test_a_bad_plugin_value_composes_and_is_refused_in_one_line_by_its_dataclass(
+    tmp_path, override, message
+):
+    from imgcap.errors import ConfigError
+    from imgcap.run.checks import check_train_config
+
+    cfg = compose_train(tmp_path, [override])  # the schema is untyped: no Hydra merge error
+    with pytest.raises(ConfigError) as err:
+        check_train_config(cfg)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)

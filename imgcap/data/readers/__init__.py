@@ -27,10 +27,11 @@ form: the bare file name in a flat folder (``123_abc.jpg``), ``folder/name`` in 
 (``val2014/COCO_val2014_000000000042.jpg``). Ids are therefore unique even when two folders hold
 files of the same name, and ``image_dir / image_id`` is always the file.
 
-Adding a dataset format is one new module in this package, and no edit anywhere else: subclass
-:class:`Reader`, decorate it with :func:`register_reader`, and it is discovered (every module of
-this package is imported on first use of the registry), detected, and selectable as
-``data.layout=<name>``::
+Readers register in :data:`READERS`, a :class:`imgcap.registry.Registry` like the decoders'
+and objectives' (names, aliases); the priority order is the readers' own. Adding a dataset
+format is one new module in this package, and no edit anywhere else: subclass :class:`Reader`,
+decorate it with :func:`register_reader`, and it is discovered (every module of this package is
+imported on first use of the registry), detected, and selectable as ``data.layout=<name>``::
 
     # imgcap/data/readers/my_format.py
     from imgcap.data.readers import ReadResult, Reader, register_reader
@@ -54,14 +55,13 @@ A reader defined outside this package registers the same way when its module is 
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from imgcap.data.readers.base import IMAGE_DIR_NAMES, SPLITS, Reader, ReadResult
 from imgcap.errors import ConfigError
+from imgcap.registry import Registry
 
 __all__ = [
     "IMAGE_DIR_NAMES",
+    "READERS",
     "SPLITS",
     "ReadResult",
     "Reader",
@@ -73,41 +73,31 @@ __all__ = [
     "register_reader",
 ]
 
-_REGISTRY: dict[str, Reader] = {}
-_ALIASES: dict[str, str] = {}
-_discovered = False
+#: The readers by name and alias (the registry decoders and objectives use too); every module
+#: of this package is imported on its first use, so that the built-in readers register.
+READERS = Registry("annotation reader", "data.layout", discover=__name__)
+# One instance per reader class: readers hold no state, and ``get_reader(alias)`` is
+# ``get_reader(name)``.
+_INSTANCES: dict[type[Reader], Reader] = {}
 
 
 def register_reader(cls: type[Reader]) -> type[Reader]:
-    """Class decorator: register one instance of ``cls`` under ``cls.name`` (and its aliases)."""
-    name = cls.name
-    assert name and name != "auto", f"{cls.__qualname__} needs a name other than 'auto'"
-    for key in (name, *cls.aliases):
-        owner = _ALIASES.get(key)
-        assert owner is None or type(_REGISTRY[owner]) is cls, (
-            f"reader name {key!r} of {cls.__qualname__} is already taken by {owner!r}"
-        )
-    _REGISTRY[name] = cls()
-    for key in (name, *cls.aliases):
-        _ALIASES[key] = name
-    return cls
+    """Class decorator: register ``cls`` under ``cls.name`` and its ``aliases``."""
+    if not cls.name or cls.name == "auto":
+        raise AssertionError(f"{cls.__qualname__} needs a name other than 'auto'")
+    return READERS.register(cls.name, aliases=tuple(cls.aliases))(cls)
 
 
-def _discover() -> None:
-    """Import every module of this package once, so that their readers register."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    for module in pkgutil.iter_modules(__path__):
-        if not module.name.startswith("_") and module.name != "base":
-            importlib.import_module(f"{__name__}.{module.name}")
+def _instance(cls: type[Reader]) -> Reader:
+    if cls not in _INSTANCES:
+        _INSTANCES[cls] = cls()
+    return _INSTANCES[cls]
 
 
 def readers() -> list[Reader]:
     """All registered readers in detection order (ascending ``priority``, then name)."""
-    _discover()
-    return sorted(_REGISTRY.values(), key=lambda r: (r.priority, r.name))
+    found = [_instance(READERS[name]) for name in READERS]
+    return sorted(found, key=lambda r: (r.priority, r.name))
 
 
 def reader_names() -> list[str]:
@@ -125,14 +115,13 @@ def describe_names() -> str:
 
 def get_reader(name: str) -> Reader:
     """The reader registered as ``name`` (or an alias); a one-line ConfigError when unknown."""
-    _discover()
-    key = _ALIASES.get(str(name))
-    if key is None:
+    cls = READERS.find(str(name))
+    if cls is None:
         raise ConfigError(
             f"data.layout={name!r} is not a registered annotation reader; use auto or one of: "
             f"{describe_names()}"
         )
-    return _REGISTRY[key]
+    return _instance(cls)
 
 
 def check_layout(layout: str) -> str:
