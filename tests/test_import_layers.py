@@ -98,6 +98,7 @@ LAYERS: list[tuple[str, ...]] = [
         "atomic",
         "phase_timing",
         "checkpoint",
+        "settings",
     ),
     ("data", "encoders", "decoders", "metrics"),
     ("objectives",),
