@@ -184,7 +184,7 @@ def test_batched_beam_search_returns_valid_words_and_equals_each_image_alone(dec
     assert len(result.tokens) == len(result.alphas) == 4
     assert result.scores.shape == (4,) and result.ended.shape == (4,)
     assert torch.isfinite(result.scores).all() and (result.scores <= 0).all()
-    for tokens, alphas in zip(result.tokens, result.alphas):
+    for tokens, alphas in zip(result.tokens, result.alphas, strict=True):
         assert len(tokens) <= MAX_LEN
         assert all(isinstance(t, int) and 0 <= t < V for t in tokens)
         assert not {PAD_ID, START_ID, END_ID} & set(tokens)
