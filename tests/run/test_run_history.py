@@ -11,7 +11,6 @@ import logging
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,15 +25,10 @@ from imgcap.run import cli, tasks
 from imgcap.run.console import hydra_error_line, one_line_warning, strip_escapes
 from imgcap.run.loggers import swept_keys
 from imgcap.run.provenance import git_state, provenance
-from tests.run.test_reliability import ENV, REPO, signal_at
-from tests.run.test_tasks import TINY
+from tests.support.callbacks import signal_at
 from tests.support.hydra_helpers import compose_train
-
-
-def run_script(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
-    )
+from tests.support.runs import TINY
+from tests.support.scripts import REPO, run_script
 
 
 # ------------------------------------------------------------------------ atomic writes
