@@ -58,16 +58,8 @@ def test_optuna_sweep_of_the_demo_returns_a_float_objective(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_console_has_progress_and_one_summary_but_no_noise(tmp_path):
-    done = run_script(
-        [
-            str(REPO / "train.py"),
-            "experiment=demo",
-            "trainer.max_epochs=1",
-            f"paths.root_dir={tmp_path}",
-        ],
-        tmp_path,
-    )
+def test_demo_console_has_progress_and_one_summary_but_no_noise(trained_demo):
+    done, tmp_path = trained_demo.console, trained_demo.root  # train.py experiment=demo
     assert done.returncode == 0, done.stderr[-3000:]
     for what, pattern in NOISE.items():
         for stream in (done.stderr, done.stdout):

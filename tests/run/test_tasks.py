@@ -25,13 +25,11 @@ from tests.support.runs import TINY
 from tests.support.scripts import REPO
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
-    """Two epochs of training; returns the run directory (with checkpoints and metrics.json)."""
-    tmp = tmp_path_factory.mktemp("train")
-    cfg = compose_train(tmp, [*TINY, "trainer.max_epochs=2", "logger=csv"])
-    tasks.train(cfg)
-    return Path(cfg.paths.output_dir)
+@pytest.fixture
+def trained_run(tiny_run) -> Path:
+    """Two epochs of training, once per session (tests/conftest.py); returns the run directory
+    (with checkpoints and metrics.json)."""
+    return tiny_run
 
 
 def test_train_writes_checkpoints_metrics_and_samples(trained_run):
