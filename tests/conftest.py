@@ -41,6 +41,8 @@ if "OMP_NUM_THREADS" in os.environ:
 SHARED_RUNS = {"trained_demo": "demo", "tiny_run": "tiny"}
 
 
+# tryfirst: xdist reads the groups in its own hook of the same name.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Group tests for ``--dist loadgroup``: those using a shared run in its group, those using a
     module-scoped fixture (a small trained run, generated data) in their module's group. On an

@@ -15,6 +15,7 @@ from imgcap.decoders.contract import CaptionDecoder, DecoderState, repeat_rows
 from imgcap.decoders.registry import DECODERS
 from imgcap.errors import ConfigError
 from imgcap.tokens import END_ID, PAD_ID, START_ID
+from tests.support.decoders import run_steps
 
 V, C, P, B, MAX_LEN = 13, 12, 4, 3, 6
 
@@ -61,16 +62,6 @@ def _captions() -> tuple[torch.Tensor, torch.Tensor]:
     return captions, lengths
 
 
-def _steps(decoder, state, tokens: torch.Tensor):
-    """Feed tokens (N, t) one position at a time -> logits (N, t, V), alphas (N, t, P), state."""
-    logits, alphas = [], []
-    for t in range(tokens.shape[1]):
-        step_logits, alpha, state = decoder.step(tokens[:, t], state)
-        logits.append(step_logits)
-        alphas.append(alpha)
-    return torch.stack(logits, 1), torch.stack(alphas, 1), state
-
-
 def test_the_registry_holds_the_built_in_decoders():
     assert {"lstm_attention", "transformer"} <= set(DECODERS.names())
 
@@ -100,7 +91,7 @@ def test_one_step_from_the_initial_state_gives_one_row_per_image(decoder):
 def test_steps_depend_on_the_image(decoder):
     """Two images, same previous words: different logits (the features are read)."""
     state = decoder.init_state(_features())
-    logits, _, _ = _steps(decoder, state, torch.full((B, 3), START_ID))
+    logits, _, _ = run_steps(decoder, state, torch.full((B, 3), START_ID))
     assert (logits[0] - logits[1]).abs().max() > 1e-6
 
 
@@ -111,7 +102,7 @@ def test_teacher_forcing_equals_stepping_through_the_caption(decoder):
     T = captions.shape[1]
     assert logits.shape == (B, T - 1, V)
     assert alphas is None or alphas.shape == (B, T - 1, P)
-    stepped, stepped_alphas, _ = _steps(decoder, decoder.init_state(features), captions[:, :-1])
+    stepped, stepped_alphas, _ = run_steps(decoder, decoder.init_state(features), captions[:, :-1])
     for i, n in enumerate(lengths.tolist()):
         # Positions past a caption's length are padding targets: the contract leaves them free.
         assert torch.allclose(logits[i, : n - 1], stepped[i, : n - 1], atol=1e-9, rtol=0), i
@@ -124,7 +115,7 @@ def test_teacher_forcing_without_lengths_runs_every_position(decoder):
     features = _features()
     captions, _ = _captions()
     logits, _ = decoder(features, captions)
-    stepped, _, _ = _steps(decoder, decoder.init_state(features), captions[:, :-1])
+    stepped, _, _ = run_steps(decoder, decoder.init_state(features), captions[:, :-1])
     assert torch.allclose(logits, stepped, atol=1e-9, rtol=0)
 
 
@@ -165,14 +156,14 @@ def test_select_reorders_and_duplicates_rows_within_each_image(decoder):
     state = decoder.init_state(_features()).select(repeat_rows(B, m, "cpu"))
     history = torch.randint(4, V, (B * m, 3), generator=torch.Generator().manual_seed(4))
     history[:, 0] = START_ID
-    _, _, state = _steps(decoder, state, history)  # each row has its own history now
+    _, _, state = run_steps(decoder, state, history)  # each row has its own history now
     base = torch.arange(B).unsqueeze(1) * m  # (B, 1) first row of each image
     index = base + torch.tensor([[2, 0, 0], [1, 2, 1], [0, 0, 2]])  # (B, m) rows of the same image
     following = torch.randint(4, V, (B * m, 2), generator=torch.Generator().manual_seed(5))
 
     chosen = index.reshape(-1)
-    selected, selected_alphas, _ = _steps(decoder, state.select(index), following[chosen])
-    direct, direct_alphas, _ = _steps(decoder, state, following)
+    selected, selected_alphas, _ = run_steps(decoder, state.select(index), following[chosen])
+    direct, direct_alphas, _ = run_steps(decoder, state, following)
     assert torch.allclose(selected, direct[chosen], atol=1e-9, rtol=0)
     assert torch.allclose(selected_alphas, direct_alphas[chosen], atol=1e-9, rtol=0)
 
