@@ -49,16 +49,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     xdist worker, also order the work longest first (the shared runs, then the slow tests), so
     that no long test starts last."""
     for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        names = getattr(item, "fixturenames", ())
-        group = next((g for name, g in SHARED_RUNS.items() if name in names), None)
-        if group is None and _uses_module_fixture(item):
-            group = item.module.__name__
+        group = _group_of(item)
+        if group is None:
+            names = getattr(item, "fixturenames", ())
+            group = next((g for name, g in SHARED_RUNS.items() if name in names), None)
+            if group is None and _uses_module_fixture(item):
+                group = item.module.__name__
+            if group is not None:
+                item.add_marker(pytest.mark.xdist_group(group))
         if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+            _tag_with_group(config, item, group)
     if os.environ.get("PYTEST_XDIST_WORKER"):  # the same order on every worker
         items.sort(key=_heaviest_first)
+
+
+def _tag_with_group(config: pytest.Config, item: pytest.Item, group: str) -> None:
+    """What xdist does for an ``xdist_group`` mark, done where it fails: loadgroup reads the group
+    from a ``@<group>`` suffix of the test id, which xdist 3.8 writes to ``item._nodeid``; pytest
+    9 keeps the id in ``item._id`` instead, so the suffix (and with it the grouping) got lost."""
+    if not config.getvalue("loadgroup") or not hasattr(item, "_id"):
+        return  # no grouping asked for, or a pytest where xdist's own suffix works
+    from _pytest.nodeid import NodeId
+
+    item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
 
 def _uses_module_fixture(item: pytest.Item) -> bool:
@@ -72,9 +85,15 @@ def _uses_module_fixture(item: pytest.Item) -> bool:
     )
 
 
-def _heaviest_first(item: pytest.Item) -> int:
+def _group_of(item: pytest.Item) -> str | None:
     marker = item.get_closest_marker("xdist_group")
-    if marker is not None and marker.kwargs.get("name", marker.args[0]) in SHARED_RUNS.values():
+    if marker is None:
+        return None
+    return str(marker.args[0] if marker.args else marker.kwargs.get("name", "default"))
+
+
+def _heaviest_first(item: pytest.Item) -> int:
+    if _group_of(item) in SHARED_RUNS.values():
         return 0
     return 1 if item.get_closest_marker("slow") else 2
 
