@@ -5,29 +5,10 @@ from __future__ import annotations
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from imgcap.captioning_module import CaptioningModule
 from imgcap.data.annotations import load_annotations
 from imgcap.data.transforms import eval_transform, load_image
 from imgcap.vocab import Vocabulary
-
-
-def small_module(vocab: Vocabulary, **overrides) -> CaptioningModule:
-    settings = dict(
-        vocab=vocab.itos,
-        encoder={"arch": "small_cnn", "weights": None, "fine_tune": "all", "width": 64, "lr": 2e-3},
-        decoder={
-            "name": "lstm_attention",
-            "attention_dim": 64,
-            "embed_dim": 64,
-            "decoder_dim": 128,
-            "dropout": 0.0,
-        },
-        encoded_size=2,
-        meteor=False,
-        optimizer=lambda params: torch.optim.Adam(params, lr=3e-3),
-    )
-    settings.update(overrides)
-    return CaptioningModule(**settings)
+from tests.support.modules import small_module
 
 
 def test_overfits_twenty_images_and_reproduces_their_captions(shapes_root):

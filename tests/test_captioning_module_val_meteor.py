@@ -12,7 +12,8 @@ from imgcap.metrics import scorers as metrics_scorers
 from imgcap.run.checks import check_train_config
 from imgcap.vocab import Vocabulary
 from tests.support.hydra_helpers import compose_train
-from tests.test_captioning_module import small_module
+from tests.support.modules import small_module
+from tests.support.trainers import quiet_cpu_trainer
 
 CAPTIONS = ["a red circle on the left", "a blue square at the top", "a green circle below"]
 
@@ -71,16 +72,7 @@ def _fit(val_meteor: str, meteor: bool = True, epochs: int = 3, test: bool = Fal
     train, val, vocab = _batches()
     model = small_module(vocab, meteor=meteor, val_meteor=val_meteor)
     scores = _ValScores()
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=1,
-        callbacks=[scores],
-    )
+    trainer = quiet_cpu_trainer(max_epochs=epochs, num_sanity_val_steps=1, callbacks=[scores])
     loader = lambda batch: DataLoader([batch], batch_size=None)  # noqa: E731
     trainer.fit(model, train_dataloaders=loader(train), val_dataloaders=loader(val))
     if test:

@@ -21,8 +21,8 @@ from imgcap.api.captioner import Caption
 from imgcap.data.transforms import eval_transform
 from imgcap.errors import ConfigError, DataError
 from imgcap.run import tasks
-from tests.run.test_tasks import TINY
 from tests.support.hydra_helpers import compose_config, compose_train
+from tests.support.runs import TINY
 
 
 @pytest.fixture(scope="module")

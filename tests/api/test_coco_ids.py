@@ -10,7 +10,7 @@ from pathlib import Path
 
 from imgcap.api.coco import coco_references, coco_results, id_from_file_name, image_id_map
 from imgcap.data.annotations import load_annotations
-from tests.data.test_readers import make_coco_tree
+from tests.support.datasets import make_coco_tree
 
 FLICKR = ["1000268201_693b08cb0e.jpg", "1001773457_577c3a7d70.jpg", "101654506_8eb26cfb60.jpg"]
 

@@ -7,43 +7,18 @@ import warnings
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from imgcap.data.annotations import detect_layout, load_annotations, seeded_split, split_sizes
 from imgcap.data.cache_location import default_cache_dir
 from imgcap.data.datamodule import CaptionDataModule
 from imgcap.errors import DataError
 from imgcap.vocab import Vocabulary
+from tests.support.datasets import make_images, make_kaggle, make_original
 
 SPLIT_LISTS = ("Flickr_8k.trainImages.txt", "Flickr_8k.devImages.txt", "Flickr_8k.testImages.txt")
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def make_images(folder: Path, names: list[str]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(names):
-        Image.new("RGB", (8, 8), (i * 20 % 256, 100, 50)).save(folder / name, format="JPEG")
-
-
-def make_kaggle(root: Path, n: int = 6, rows: list[str] | None = None) -> list[str]:
-    names = [f"im{i}.jpg" for i in range(n)]
-    make_images(root / "Images", names)
-    if rows is None:
-        rows = [f"{name},a dog runs number {i}" for name in names for i in range(2)]
-    (root / "captions.txt").write_text("image,caption\n" + "".join(r + "\n" for r in rows))
-    return names
-
-
-def make_original(root: Path, n: int = 6, extra_lines: tuple[str, ...] = ()) -> list[str]:
-    names = [f"im{i}.jpg" for i in range(n)]
-    make_images(root / "Flicker8k_Dataset", names)
-    text = root / "Flickr8k_text"
-    text.mkdir()
-    lines = [f"{name}#{i}\ta cat sits number {i}" for name in names for i in range(2)]
-    (text / "Flickr8k.token.txt").write_text("\n".join(lines + list(extra_lines)) + "\n")
-    return names
 
 
 def link_sample(sample: Path, dest: Path, layout: str) -> Path:

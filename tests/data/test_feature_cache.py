@@ -22,6 +22,7 @@ from imgcap.data.feature_cache import (
 )
 from imgcap.data.transforms import eval_transform, load_image
 from tests.support.data_helpers import small_datamodule
+from tests.support.trainers import quiet_cpu_trainer
 
 
 class CountingEncoder(nn.Module):
@@ -216,7 +217,6 @@ class _PidRecorder:
 def test_ddp_builds_the_cache_once_and_every_rank_reads_it(
     shapes_root: Path, tmp_path: Path
 ) -> None:
-    import lightning.pytorch as L
 
     from imgcap.captioning_module import CaptioningModule
 
@@ -234,18 +234,13 @@ def test_ddp_builds_the_cache_once_and_every_rank_reads_it(
     dm.attach_feature_encoder(model.encoder, {**model.encoder.cache_key(), "image_size": 32})
     pids = tmp_path / "encoder_pids.txt"
     model.encoder.register_forward_hook(_PidRecorder(pids))
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_cpu_trainer(
         devices=2,
         strategy="ddp_spawn",
         max_epochs=1,
         limit_train_batches=2,
         limit_val_batches=1,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
     calls = pids.read_text().split()

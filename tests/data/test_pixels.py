@@ -179,7 +179,7 @@ def test_a_bad_image_in_the_batched_build_is_the_usual_one_line_error(tmp_path: 
 
 
 def test_bad_images_skipped_before_the_batched_cache_build(tmp_path: Path) -> None:
-    from tests.data.test_annotations import make_kaggle
+    from tests.support.datasets import make_kaggle
 
     names = make_kaggle(tmp_path, n=8)
     corrupt_jpeg(tmp_path / "Images" / names[3])

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from PIL import Image
 from torch import nn
 
 from imgcap.callbacks import CaptionSampleLogger
@@ -20,75 +19,21 @@ from imgcap.data.datamodule import CaptionDataModule, Flickr8kDataModule
 from imgcap.data.readers import Reader, ReadResult, get_reader, reader_names, register_reader
 from imgcap.errors import ConfigError, DataError
 from tests.support.data_helpers import small_datamodule
+from tests.support.datasets import (
+    BLUE,
+    COCO_ENTRIES,
+    RED,
+    coco_caption,
+    make_coco_tree,
+    make_image,
+    make_kaggle_and_token,
+)
 from tests.support.hydra_helpers import compose_train
 
-RED, BLUE = (230, 20, 20), (20, 20, 230)
 FIXTURE_CKPT = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoint_format1.ckpt"
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def make_image(path: Path, colour: tuple[int, int, int]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (16, 16), colour).save(path, format="JPEG", quality=95)
-
-
-# (filepath, filename, Karpathy split label); train2014 images are red, val2014 images blue.
-# "same.jpg" exists in both folders: two different images.
-COCO_ENTRIES = [
-    ("train2014", "COCO_train2014_000000000001.jpg", "train"),
-    ("train2014", "same.jpg", "train"),
-    ("val2014", "same.jpg", "restval"),
-    ("val2014", "COCO_val2014_000000000002.jpg", "restval"),
-    ("val2014", "COCO_val2014_000000000003.jpg", "val"),
-    ("val2014", "COCO_val2014_000000000004.jpg", "test"),
-]
-
-
-def coco_caption(filepath: str, filename: str, k: int) -> str:
-    colour = "red" if filepath == "train2014" else "blue"
-    return f"A {colour} picture number {k} of {filename.split('.')[0].lower()} ."
-
-
-def make_coco_tree(
-    root: Path, json_path: Path | None = None, image_root: Path | None = None
-) -> Path:
-    """``root/train2014/*.jpg``, ``root/val2014/*.jpg``, ``root/dataset_coco.json`` (or the given
-    places); returns the json's path."""
-    image_root = image_root or root
-    json_path = json_path or root / "dataset_coco.json"
-    images = []
-    for i, (filepath, filename, split) in enumerate(COCO_ENTRIES):
-        make_image(image_root / filepath / filename, RED if filepath == "train2014" else BLUE)
-        sentences = [
-            {"raw": coco_caption(filepath, filename, k), "tokens": []} for k in range(2 + i % 2)
-        ]
-        images.append(
-            {
-                "filepath": filepath,
-                "filename": filename,
-                "imgid": i,
-                "split": split,
-                "sentences": sentences,
-            }
-        )
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"images": images, "dataset": "coco"}))
-    return json_path
-
-
-def make_kaggle_and_token(root: Path, n: int = 6) -> list[str]:
-    """Both the Kaggle and the original Flickr8k files over the same images."""
-    names = [f"im{i}.jpg" for i in range(n)]
-    for name in names:
-        make_image(root / "Images" / name, RED)
-    rows = [f"{n},a dog runs number {i}" for n in names for i in range(2)]
-    (root / "captions.txt").write_text("image,caption\n" + "".join(r + "\n" for r in rows))
-    (root / "Flickr8k_text").mkdir()
-    lines = [f"{n}#{i}\ta cat sits number {i}" for n in names for i in range(2)]
-    (root / "Flickr8k_text" / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
-    return names
 
 
 def colour_of(pixels: torch.Tensor) -> str:

@@ -190,8 +190,8 @@ CACHED = ["data.cache_features=true", "model.encoder.fine_tune=frozen"]
 
 def _train(tmp: Path, resident: str, extra: tuple[str, ...] = ()) -> Path:
     from imgcap.run import tasks
-    from tests.run.test_reliability import EXACT
     from tests.support.hydra_helpers import compose_train
+    from tests.support.runs import EXACT
 
     cfg = compose_train(tmp, [*EXACT, *CACHED, f"data.resident={resident}", *extra])
     tasks.train(cfg)
@@ -200,14 +200,14 @@ def _train(tmp: Path, resident: str, extra: tuple[str, ...] = ()) -> Path:
 
 @pytest.fixture(scope="module")
 def resident_run(tmp_path_factory) -> tuple[dict, str]:
-    from tests.run.test_reliability import run_metrics
+    from tests.support.runs import run_metrics
 
     return run_metrics(_train(tmp_path_factory.mktemp("resident"), "host"))
 
 
 @pytest.mark.slow
 def test_resident_and_loader_training_are_identical(resident_run, tmp_path) -> None:
-    from tests.run.test_reliability import run_metrics
+    from tests.support.runs import run_metrics
 
     metrics, weights = run_metrics(_train(tmp_path, "off"))
     assert metrics == resident_run[0]  # every score, to the last digit
@@ -219,8 +219,9 @@ def test_resident_run_interrupted_mid_epoch_resumes_exactly(resident_run, tmp_pa
     import signal
 
     from imgcap.run import tasks
-    from tests.run.test_reliability import run_metrics, signal_at
+    from tests.support.callbacks import signal_at
     from tests.support.hydra_helpers import compose_train
+    from tests.support.runs import run_metrics
 
     with pytest.raises(SystemExit) as stopped:
         _train(tmp_path / "first", "host", tuple(signal_at("train", 1, 1, signal.SIGTERM)))

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import lightning.pytorch as L
 import pytest
 import torch
 from torch import nn
@@ -21,6 +20,7 @@ from imgcap.decoders.contract import CaptionDecoder, gather_rows, repeat_rows
 from imgcap.errors import CheckpointError, ConfigError
 from imgcap.objectives import build_objective
 from imgcap.tokens import END_ID, PAD_ID, START_ID
+from tests.support.trainers import quiet_cpu_trainer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "blue", "circle", "square"]
@@ -116,15 +116,7 @@ def test_a_decoder_written_against_the_contract_alone_trains_decodes_and_checkpo
     assert isinstance(model.decoder, ToyDecoder) and isinstance(model.decoder, CaptionDecoder)
     batches = _feature_batches()
     first = model.compute_loss(**batches[0], ratio=1.0)["loss"].item()
-    trainer = L.Trainer(
-        max_epochs=15,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_cpu_trainer(max_epochs=15, limit_val_batches=0)
     trainer.fit(model, train_dataloaders=DataLoader(batches, batch_size=None))
     model.eval()
     last = model.compute_loss(**batches[0], ratio=1.0)["loss"].item()

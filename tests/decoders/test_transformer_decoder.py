@@ -13,6 +13,7 @@ from imgcap.decoders import TransformerDecoder, beam_search, greedy_decode
 from imgcap.errors import ConfigError
 from imgcap.run.checks import check_train_config
 from imgcap.tokens import END_ID, PAD_ID, START_ID
+from tests.support.decoders import run_steps as _run_steps
 from tests.support.hydra_helpers import compose_train
 
 V, C, P, MAX_LEN = 15, 24, 4, 8
@@ -41,16 +42,6 @@ def _captions(B: int = 3, T: int = 7, seed: int = 2) -> torch.Tensor:
     captions = torch.randint(3, V, (B, T), generator=torch.Generator().manual_seed(seed))
     captions[:, 0] = START_ID
     return captions
-
-
-def _run_steps(dec, state, tokens: torch.Tensor):
-    """Feed tokens (N, t) one position at a time -> per-step logits (N, t, V), alphas, state."""
-    logits, alphas = [], []
-    for t in range(tokens.shape[1]):
-        step_logits, alpha, state = dec.step(tokens[:, t], state)
-        logits.append(step_logits)
-        alphas.append(alpha)
-    return torch.stack(logits, 1), torch.stack(alphas, 1), state
 
 
 @pytest.mark.parametrize("tie", [True, False])

@@ -16,6 +16,7 @@ from imgcap.metrics.cider_d import CiderD
 from imgcap.objectives import ObjectiveContext, SelfCritical, build_objective
 from imgcap.tokens import END_ID, START_ID
 from imgcap.vocab import normalize_caption
+from tests.support.trainers import quiet_cpu_trainer
 
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "blue", "circle", "square", "big"]
 REFS = {0: ["a red circle", "a big red circle"], 1: ["a blue square", "a big blue square"]}
@@ -133,15 +134,7 @@ def test_module_trains_with_scst_and_logs_reward_baseline_advantage(tmp_path):
             features, batch = _batch()
             return DataLoader([{"features": features, **batch}], batch_size=None)
 
-    trainer = L.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_cpu_trainer(max_steps=2, limit_val_batches=0)
     trainer.fit(model, datamodule=References())
     logged = trainer.callback_metrics
     for key in ("train/loss", "train/reward", "train/baseline", "train/advantage"):

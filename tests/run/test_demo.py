@@ -32,13 +32,11 @@ def word_accuracy(predictions: list[dict], truth: dict[str, list[dict]], vocabul
     return hits / len(predictions)
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> tuple[Path, Path]:
-    """The cross-entropy demo, trained once: (its root folder, its run folder)."""
-    root = tmp_path_factory.mktemp("demo")
-    cfg = compose_train(root, ["experiment=demo", "callbacks.progress_bar=null"])
-    tasks.train(cfg)
-    return root, Path(cfg.paths.output_dir)
+@pytest.fixture
+def demo_run(trained_demo) -> tuple[Path, Path]:
+    """The cross-entropy demo, trained once per session (tests/conftest.py): (its root folder,
+    its run folder)."""
+    return trained_demo.root, trained_demo.run
 
 
 @pytest.mark.slow

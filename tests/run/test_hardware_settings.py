@@ -13,8 +13,8 @@ from imgcap.data.datamodule import resolve_num_workers
 from imgcap.errors import ConfigError
 from imgcap.run import tasks
 from imgcap.run.hardware import precision_for
-from tests.run.test_tasks import TINY
 from tests.support.hydra_helpers import compose_train
+from tests.support.runs import TINY
 
 
 def test_precision_follows_the_accelerator(monkeypatch):

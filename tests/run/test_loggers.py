@@ -15,8 +15,8 @@ from omegaconf import open_dict
 
 from imgcap.run import tasks
 from imgcap.run.loggers import sweep_job
-from tests.run.test_tasks import TINY
 from tests.support.hydra_helpers import CONF_DIR, compose_train
+from tests.support.runs import TINY
 
 
 def test_wandb_run_on_cached_features_holds_pictures_and_overlays(tmp_path, monkeypatch):

@@ -18,19 +18,16 @@ and ``checkpoint_format2_expected.json`` holds what ``evaluate.py beam_size=3`` 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.scripts import REPO, run_script
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 OLD = FIXTURES / "checkpoint_format2.ckpt"
 EXPECTED = json.loads((FIXTURES / "checkpoint_format2_expected.json").read_text())
-ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 
 def _targets(node) -> list[str]:
@@ -58,12 +55,6 @@ def test_old_import_paths_are_upgraded_in_memory_and_all_import():
         assert hasattr(importlib.import_module(module), name), target
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600
-    )
-
-
 @pytest.fixture(scope="module")
 def old_run(tmp_path_factory) -> Path:
     """A copy of the old run folder: ``<tmp>/run/checkpoints/last.ckpt``."""
@@ -76,7 +67,7 @@ def old_run(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_old_checkpoint_evaluates_as_it_did(old_run):
     data = old_run / "data" / "shapes"
-    done = _run(
+    done = run_script(
         [
             str(REPO / "evaluate.py"),
             f"ckpt={old_run / 'run' / 'checkpoints' / 'last.ckpt'}",
@@ -102,7 +93,7 @@ def test_old_checkpoint_captions_as_it_did(old_run):
     if not data.exists():  # the evaluation above generates the shapes; alone, make them here
         test_old_checkpoint_evaluates_as_it_did(old_run)
     image = data / "Images" / "shape_00000.jpg"
-    done = _run(
+    done = run_script(
         [
             str(REPO / "caption.py"),
             f"ckpt={old_run / 'run' / 'checkpoints' / 'last.ckpt'}",
@@ -119,7 +110,7 @@ def test_old_checkpoint_captions_as_it_did(old_run):
 
 @pytest.mark.slow
 def test_old_checkpoint_resumes_in_its_own_folder(old_run):
-    done = _run(
+    done = run_script(
         [
             str(REPO / "train.py"),
             f"ckpt_path={old_run / 'run' / 'checkpoints' / 'last.ckpt'}",

@@ -12,8 +12,8 @@ import pytest
 from imgcap import phase_timing
 from imgcap.phase_timing import PHASES, PhaseTimer, timed_phase
 from imgcap.run import tasks
-from tests.run.test_tasks import TINY
 from tests.support.hydra_helpers import compose_train
+from tests.support.runs import TINY
 
 
 class FakeClock:

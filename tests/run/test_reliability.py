@@ -4,7 +4,6 @@ cannot collide."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,36 +23,13 @@ from imgcap.errors import CheckpointError, ConfigError, DataError, DivergenceErr
 from imgcap.metrics import CaptionMetric
 from imgcap.run import tasks
 from imgcap.run.cli import one_line, unique_dir
-from tests.run.test_tasks import TINY
+from tests.support.callbacks import signal_at
 from tests.support.hydra_helpers import compose_config, compose_train
-
-REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+from tests.support.runs import EXACT, TINY, run_metrics
+from tests.support.scripts import ENV, REPO, error_lines, run_script
 
 
 # ---------------------------------------------------------------------------- test callbacks
-class SignalAt(L.Callback):
-    """Sends this process a real signal at a given training or validation batch (first run
-    only: the run config, this callback included, travels in the checkpoint)."""
-
-    def __init__(self, stage: str, epoch: int, batch: int, signum: int = signal.SIGTERM) -> None:
-        self.stage, self.epoch, self.batch, self.signum = stage, epoch, batch, int(signum)
-
-    def _maybe(self, trainer: L.Trainer, stage: str, batch_idx: int) -> None:
-        if (
-            trainer.ckpt_path is None
-            and not trainer.sanity_checking
-            and (stage, trainer.current_epoch, batch_idx) == (self.stage, self.epoch, self.batch)
-        ):
-            os.kill(os.getpid(), self.signum)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._maybe(trainer, "train", batch_idx)
-
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-        self._maybe(trainer, "val", batch_idx)
-
-
 class KillLoaderWorkerAt(L.Callback):
     """SIGTERM to this process's DataLoader worker processes (not to the process itself) at a
     training batch, as a job scheduler or an administrator might."""
@@ -85,36 +61,6 @@ class FailInValidation(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args):
         if batch_idx == 1:
             raise DataError("cannot read image broken.jpg (broken data stream)")
-
-
-class WeightsDigest(L.Callback):
-    """Writes a digest of the final weights next to metrics.json."""
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        digest = hashlib.sha256()
-        for value in pl_module.state_dict().values():
-            digest.update(value.detach().cpu().numpy().tobytes())
-        (Path(trainer.default_root_dir) / "weights.sha256").write_text(digest.hexdigest())
-
-
-def signal_at(stage: str, epoch: int, batch: int, signum: int = signal.SIGTERM) -> list[str]:
-    return [
-        "+callbacks.signal._target_=tests.run.test_reliability.SignalAt",
-        f"+callbacks.signal.stage={stage}",
-        f"+callbacks.signal.epoch={epoch}",
-        f"+callbacks.signal.batch={batch}",
-        f"+callbacks.signal.signum={int(signum)}",
-    ]
-
-
-def run_script(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -323,31 +269,6 @@ def test_loader_worker_killed_from_outside_stops_like_ctrl_c(tmp_path, caplog):
 
 
 # ---------------------------------------------------------------------------- exact resume
-EXACT = [
-    *TINY,
-    "trainer.max_epochs=3",
-    "trainer.deterministic=true",
-    "logger=none",
-    "data.eval_batch_size=2",
-    "model.teacher_forcing_ratio=0.8",
-    "model.decoder.dropout=0.3",
-    "model.optimizer.lr=0.01",
-    "model.encoder.lr=0.01",
-    "monitor=val/BLEU-1",
-    "+callbacks.digest._target_=tests.run.test_reliability.WeightsDigest",
-]
-
-
-def run_metrics(run: Path) -> tuple[dict, str]:
-    metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("best_checkpoint", "caption_file", "split_file"):  # paths of the run's own
-        metrics.pop(key)  # folders (the compared runs sit in different ones)
-    metrics.pop("timings", None)  # wall-clock seconds per phase: never equal between two runs
-    # where the run came from (its overrides, its resumes): compared runs differ there on purpose
-    metrics.pop("provenance", None)
-    return metrics, (run / "weights.sha256").read_text()
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> tuple[dict, str]:
     tmp = tmp_path_factory.mktemp("uninterrupted")
@@ -464,7 +385,7 @@ def test_corrupt_jpeg_with_intact_markers_is_caught_before_training(tmp_path):
     from PIL import Image
 
     from imgcap.data.datamodule import CaptionDataModule
-    from tests.data.test_annotations import make_kaggle
+    from tests.support.datasets import make_kaggle
 
     names = make_kaggle(tmp_path, n=8)
     noise = torch.randint(0, 256, (96, 96, 3), dtype=torch.uint8).numpy()

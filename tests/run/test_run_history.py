@@ -11,7 +11,6 @@ import logging
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,15 +25,10 @@ from imgcap.run import cli, tasks
 from imgcap.run.console import hydra_error_line, one_line_warning, strip_escapes
 from imgcap.run.loggers import swept_keys
 from imgcap.run.provenance import git_state, provenance
-from tests.run.test_reliability import ENV, REPO, signal_at
-from tests.run.test_tasks import TINY
+from tests.support.callbacks import signal_at
 from tests.support.hydra_helpers import compose_train
-
-
-def run_script(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
-    )
+from tests.support.runs import TINY
+from tests.support.scripts import REPO, run_script
 
 
 # ------------------------------------------------------------------------ atomic writes
@@ -257,11 +251,9 @@ def test_resumed_run_keeps_one_history(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_and_caption_logs_hold_what_the_console_showed(tmp_path):
-    cfg = compose_train(tmp_path, [*TINY, "trainer.max_epochs=1", "logger=none", "test=false"])
-    tasks.train(cfg)
-    best = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
-    images = sorted((tmp_path / "data" / "shapes" / "Images").glob("*.jpg"))[:2]
+def test_evaluate_and_caption_logs_hold_what_the_console_showed(tiny_run, tmp_path):
+    best = tiny_run / "checkpoints" / "best.ckpt"  # TINY trained once per session
+    images = sorted((tiny_run.parent / "data" / "shapes" / "Images").glob("*.jpg"))[:2]
     for script, args, expected in (
         ("evaluate", ["meteor=false", "num_workers=0"], "test scores, beam size"),
         ("caption", [f"images=[{images[0]},{images[1]}]"], images[0].name),
@@ -300,20 +292,9 @@ def assert_quiet(text: str) -> None:
 
 
 @pytest.mark.slow
-def test_demo_console_is_quiet_and_the_log_file_holds_it(tmp_path):
-    tiny_demo = [a for a in TINY if not a.startswith(("data=", "trainer=", "callbacks."))]
-    done = run_script(
-        [
-            str(REPO / "train.py"),
-            "experiment=demo",
-            *tiny_demo,
-            "trainer.max_epochs=2",
-            "trainer.check_val_every_n_epoch=1",
-            "callbacks.progress_bar.refresh_rate=1",
-            f"paths.root_dir={tmp_path}",
-        ],
-        tmp_path,
-    )
+def test_demo_console_is_quiet_and_the_log_file_holds_it(trained_demo):
+    # train.py experiment=demo callbacks.progress_bar.refresh_rate=1
+    done, tmp_path = trained_demo.console, trained_demo.root
     assert done.returncode == 0, done.stderr[-3000:]
     assert_quiet(done.stdout + done.stderr)
     assert done.stdout.startswith("config\n") and done.stdout.count("\n├── data") == 1

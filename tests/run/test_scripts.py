@@ -4,19 +4,13 @@ objective, the demo's console carries no noise, DDP runs on CPU with gloo."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.run.test_tasks import TINY
-
-REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+from tests.support.runs import TINY
+from tests.support.scripts import REPO, run_script
 
 # What one demo run used to print besides its progress bars and its own summary.
 NOISE = {
@@ -28,12 +22,6 @@ NOISE = {
     "Lightning's test table": r"Test metric|DataLoader 0\s*┃",
     "logger line": r"logger None|: WandbLogger",
 }
-
-
-def run_script(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.mark.slow
@@ -70,16 +58,8 @@ def test_optuna_sweep_of_the_demo_returns_a_float_objective(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_console_has_progress_and_one_summary_but_no_noise(tmp_path):
-    done = run_script(
-        [
-            str(REPO / "train.py"),
-            "experiment=demo",
-            "trainer.max_epochs=1",
-            f"paths.root_dir={tmp_path}",
-        ],
-        tmp_path,
-    )
+def test_demo_console_has_progress_and_one_summary_but_no_noise(trained_demo):
+    done, tmp_path = trained_demo.console, trained_demo.root  # train.py experiment=demo
     assert done.returncode == 0, done.stderr[-3000:]
     for what, pattern in NOISE.items():
         for stream in (done.stderr, done.stdout):

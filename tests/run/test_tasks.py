@@ -21,38 +21,15 @@ from imgcap.errors import CheckpointError, ConfigError, DataError, ImgcapError
 from imgcap.metrics import compute_caption_metrics
 from imgcap.run import tasks
 from tests.support.hydra_helpers import compose_config, compose_train
-
-REPO = Path(__file__).resolve().parents[2]
-
-# A tiny, fast configuration: 60 shapes at 32 px, small CNN, narrow decoder, no METEOR (Java).
-TINY = [
-    "data=shapes",
-    "data.synthetic.num_images=60",
-    "data.synthetic.image_size=32",
-    "data.image_size=32",
-    "data.batch_size=16",
-    "model.encoder.arch=small_cnn",
-    "model.encoder.weights=null",
-    "model.encoder.fine_tune=all",
-    "++model.encoder.width=32",
-    "model.encoded_size=2",
-    "model.decoder.attention_dim=32",
-    "model.decoder.embed_dim=32",
-    "model.decoder.decoder_dim=32",
-    "model.meteor=false",
-    "trainer=cpu",
-    "trainer.num_sanity_val_steps=0",
-    "callbacks.progress_bar=null",
-]
+from tests.support.runs import TINY
+from tests.support.scripts import REPO
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
-    """Two epochs of training; returns the run directory (with checkpoints and metrics.json)."""
-    tmp = tmp_path_factory.mktemp("train")
-    cfg = compose_train(tmp, [*TINY, "trainer.max_epochs=2", "logger=csv"])
-    tasks.train(cfg)
-    return Path(cfg.paths.output_dir)
+@pytest.fixture
+def trained_run(tiny_run) -> Path:
+    """Two epochs of training, once per session (tests/conftest.py); returns the run directory
+    (with checkpoints and metrics.json)."""
+    return tiny_run
 
 
 def test_train_writes_checkpoints_metrics_and_samples(trained_run):

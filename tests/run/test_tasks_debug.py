@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from imgcap.run import tasks
-from tests.run.test_tasks import TINY
 from tests.support.hydra_helpers import compose_train
+from tests.support.runs import TINY
 
 
 def test_debug_limit_runs_a_slice_and_debug_profiler_writes_its_report(tmp_path):

@@ -18,9 +18,7 @@ import yaml
 from optuna.trial import TrialState
 
 from imgcap.run.study_storage import open_storage
-
-REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+from tests.support.scripts import ENV, REPO
 
 # The demo sweep made small: 240 images, 5 epochs, CIDEr as the objective; a learning rate of
 # 1e-7 learns nothing and trails 1e-2 clearly by epoch 3, so pruning is deterministic.

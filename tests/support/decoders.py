@@ -1,0 +1,16 @@
+"""Driving a decoder through its contract (imgcap/decoders/contract.py) in tests."""
+
+from __future__ import annotations
+
+import torch
+
+
+def run_steps(decoder, state, tokens: torch.Tensor):
+    """Feed tokens (N, t) one position at a time -> per-step logits (N, t, V), alphas (N, t, P)
+    and the state after the last one."""
+    logits, alphas = [], []
+    for t in range(tokens.shape[1]):
+        step_logits, alpha, state = decoder.step(tokens[:, t], state)
+        logits.append(step_logits)
+        alphas.append(alpha)
+    return torch.stack(logits, 1), torch.stack(alphas, 1), state
