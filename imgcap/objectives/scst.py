@@ -90,7 +90,7 @@ class SelfCritical(Objective):
         if not context.train_references:
             raise ConfigError(
                 "model/objective=scst needs the training references for CIDEr-D's document "
-                "frequencies, and the data module lists none (train_references())"
+                "frequencies, and none were given (CaptioningModule(train_references=...))"
             )
         self.max_len = int(self.max_len or context.max_len)
         self.reward = CiderDReward(context.words, context.train_references, context.normalize)
