@@ -16,6 +16,7 @@ from imgcap.decoders import (
 )
 from imgcap.errors import ConfigError
 from imgcap.vocab import END_ID, PAD_ID, START_ID
+from tests.support.decoders import assert_same_decoding
 
 V, C, P, MAX_LEN = 15, 24, 5, 8
 
@@ -114,11 +115,7 @@ def test_greedy_equals_beam_of_one(end_bias):
     dec, feats = _decoder(end_bias), _features()
     greedy = greedy_decode(dec, feats, max_len=MAX_LEN)
     beam = beam_search(dec, feats, beam_size=1, max_len=MAX_LEN)
-    assert greedy.tokens == beam.tokens
-    torch.testing.assert_close(greedy.scores, beam.scores)
-    assert torch.equal(greedy.ended, beam.ended)
-    for a, b in zip(greedy.alphas, beam.alphas, strict=True):
-        torch.testing.assert_close(a, b)
+    assert_same_decoding(greedy, beam)
 
 
 def test_greedy_covers_both_endings_and_shapes():

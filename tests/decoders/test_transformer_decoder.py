@@ -13,6 +13,7 @@ from imgcap.decoders import TransformerDecoder, beam_search, greedy_decode
 from imgcap.errors import ConfigError
 from imgcap.run.checks import check_train_config
 from imgcap.tokens import END_ID, PAD_ID, START_ID
+from tests.support.decoders import assert_same_decoding
 from tests.support.decoders import run_steps as _run_steps
 from tests.support.hydra_helpers import compose_train
 
@@ -96,11 +97,7 @@ def test_greedy_equals_beam_of_one():
     dec, feats = _decoder(dtype=torch.float32), _features(B=5, dtype=torch.float32)
     greedy = greedy_decode(dec, feats, max_len=MAX_LEN)
     beam = beam_search(dec, feats, beam_size=1, max_len=MAX_LEN)
-    assert greedy.tokens == beam.tokens
-    torch.testing.assert_close(greedy.scores, beam.scores)
-    assert torch.equal(greedy.ended, beam.ended)
-    for a, b in zip(greedy.alphas, beam.alphas, strict=True):
-        torch.testing.assert_close(a, b)
+    assert_same_decoding(greedy, beam)
 
 
 def test_step_alpha_is_a_distribution_over_regions():

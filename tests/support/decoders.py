@@ -14,3 +14,12 @@ def run_steps(decoder, state, tokens: torch.Tensor):
         logits.append(step_logits)
         alphas.append(alpha)
     return torch.stack(logits, 1), torch.stack(alphas, 1), state
+
+
+def assert_same_decoding(a, b) -> None:
+    """Two DecodeResults agree: tokens, scores, which captions ended, and every alpha."""
+    assert a.tokens == b.tokens
+    torch.testing.assert_close(a.scores, b.scores)
+    assert torch.equal(a.ended, b.ended)
+    for x, y in zip(a.alphas, b.alphas, strict=True):
+        torch.testing.assert_close(x, y)
